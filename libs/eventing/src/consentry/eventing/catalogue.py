@@ -1,0 +1,60 @@
+"""The event catalogue: every CloudEvents type consentry publishes, its topic and message.
+
+A consumer decodes by `ce_type`; a type missing from the catalogue is a poison message.
+`check` is a semantic validation beyond the wire format (protobuf accepts almost any bytes):
+it returns a problem description, or '' when the message is valid for its envelope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+
+from consentry.consent.v1 import consent_pb2
+from consentry.eventing import topics
+
+Check = Callable[[Message, str, str], str]
+
+
+@dataclass(frozen=True)
+class EventType:
+    """One versioned event type: `ce_type` name, topic, protobuf message class and check."""
+
+    name: str
+    topic: str
+    message: type[Message]
+    validate: Check | None = None
+
+    def check(self, message: Message, tenant_id: str, subject_ref: str) -> str:
+        """Return a description of what is wrong with `message`, or ''."""
+        return self.validate(message, tenant_id, subject_ref) if self.validate else ""
+
+
+def _check_decision(message: Message, tenant_id: str, subject_ref: str) -> str:
+    decision = getattr(message, "decision", None)
+    if decision is None or not message.HasField("decision"):
+        return "decision missing"
+    if decision.tenant_id != tenant_id or decision.subject_ref != subject_ref:
+        return "decision does not match ce_tenant/ce_subject"
+    if not decision.purpose or not decision.policy_version:
+        return "purpose and policy_version are required"
+    if decision.subject_version < 1:
+        return "subject_version must be >= 1"
+    return ""
+
+
+CONSENT_GIVEN = EventType(
+    "consentry.consent.given.v1", topics.CONSENT, consent_pb2.ConsentGiven, _check_decision
+)
+CONSENT_WITHDRAWN = EventType(
+    "consentry.consent.withdrawn.v1", topics.CONSENT, consent_pb2.ConsentWithdrawn, _check_decision
+)
+
+CATALOGUE: dict[str, EventType] = {t.name: t for t in (CONSENT_GIVEN, CONSENT_WITHDRAWN)}
+
+
+def lookup(name: str) -> EventType | None:
+    """The catalogued event type called `name`, or None."""
+    return CATALOGUE.get(name)

@@ -1,0 +1,143 @@
+"""A Kafka consumer loop that applies events effectively once and dead-letters poison.
+
+For each batch fetched from one partition the loop opens one database transaction; every
+record gets a savepoint in which `inbox.claim` and the handler's effect run together. A record
+that cannot be decoded, or that the handler rejects with `PoisonMessage`, is rolled back to its
+savepoint and sent to the consumer's dead-letter topic with the reason in headers; the
+partition keeps moving. The transaction commits, and only then the Kafka offsets. Any other
+error (database or broker down) rolls the batch back, rewinds the partition and retries with
+backoff: nothing is skipped, and redelivery is harmless because of the inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+from consentry.eventing import inbox
+from consentry.eventing.db import Connection, Pool
+from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, decode, utcnow
+from consentry.eventing.logs import get_logger
+from consentry.eventing.topics import dead_letter_topic
+
+log = get_logger(__name__)
+
+Handler = Callable[[Connection, ReceivedEvent], Awaitable[None]]
+
+
+def dead_letter_headers(
+    record: ConsumerRecord[bytes, bytes], consumer: str, error: PoisonMessage
+) -> list[tuple[str, bytes]]:
+    """The original headers plus where the record came from and why it was rejected."""
+    extra = {
+        "dlq.reason": error.reason,
+        "dlq.detail": error.detail[:500],
+        "dlq.consumer": consumer,
+        "dlq.topic": record.topic,
+        "dlq.partition": str(record.partition),
+        "dlq.offset": str(record.offset),
+        "dlq.time": utcnow().isoformat(),
+    }
+    original = [
+        (name, value) for name, value in (record.headers or ()) if not name.startswith("dlq.")
+    ]
+    return [*original, *((name, value.encode()) for name, value in extra.items())]
+
+
+class EventConsumer:
+    """Consume `topics` as group `name`, applying `handler` once per event id."""
+
+    def __init__(
+        self,
+        name: str,
+        kafka_consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        pool: Pool,
+        handler: Handler,
+    ) -> None:
+        self.name = name
+        self.dead_letter_topic = dead_letter_topic(name)
+        self._consumer = kafka_consumer
+        self._producer = producer
+        self._pool = pool
+        self._handler = handler
+        self.applied = 0
+        self.duplicates = 0
+        self.dead_lettered = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set."""
+        backoff = 0.2
+        while not stop.is_set():
+            batches = await self._consumer.getmany(timeout_ms=500)
+            for tp, records in batches.items():
+                while not stop.is_set():
+                    try:
+                        await self._process(tp, records)
+                        backoff = 0.2
+                        break
+                    except (
+                        OSError,
+                        asyncpg.PostgresError,
+                        asyncpg.InterfaceError,
+                        TimeoutError,
+                    ) as exc:
+                        log.warning("batch failed; retrying", consumer=self.name, error=repr(exc))
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 5.0)
+                else:
+                    return
+            if batches:
+                await self._commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # Partitions moved to another member; it re-reads from the last commit and the
+            # inbox drops what this member already applied.
+            log.info("offset commit skipped after rebalance", consumer=self.name, error=repr(exc))
+
+    async def _process(
+        self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> None:
+        poison: list[tuple[ConsumerRecord[bytes, bytes], PoisonMessage]] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            for record in records:
+                try:
+                    event = decode(record.key, record.value, list(record.headers or ()))
+                    async with conn.transaction():  # savepoint: one record's claim + effect
+                        if await inbox.claim(conn, self.name, event.id):
+                            await self._handler(conn, event)
+                            self.applied += 1
+                        else:
+                            self.duplicates += 1
+                except PoisonMessage as error:
+                    poison.append((record, error))
+            # Dead letters are acknowledged before the effects commit: a crash in between
+            # re-sends a dead letter (harmless) rather than losing one.
+            for rejected, reason in poison:
+                await self._dead_letter(rejected, reason)
+
+    async def _dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], error: PoisonMessage
+    ) -> None:
+        log.warning(
+            "poison message dead-lettered",
+            consumer=self.name,
+            reason=error.reason,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        await self._producer.send_and_wait(
+            self.dead_letter_topic,
+            value=record.value,
+            key=record.key,
+            headers=dead_letter_headers(record, self.name, error),
+        )
+        self.dead_lettered += 1

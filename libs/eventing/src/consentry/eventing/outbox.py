@@ -1,0 +1,54 @@
+"""Transactional outbox: events are written in the same transaction as the state change.
+
+`add(conn, event)` encodes the event exactly as it will go on the wire and inserts it into
+`eventing_outbox` inside the caller's open transaction, so the state change and its event
+commit or roll back together. The relay (`consentry.eventing.relay`) publishes the rows.
+
+Ordering per key: before inserting, `add` takes a transaction-scoped advisory lock on the
+event's key. A second transaction writing an event for the same key waits until the first
+commits or rolls back, so for any one key the outbox positions (identity values) are assigned
+in commit order. Identity values of *different* keys may still commit out of order; that is
+harmless because the relay does not track a high-water mark: it always reads every
+unpublished row in position order, and Kafka only orders records per partition (per key).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from consentry.eventing.db import Connection
+from consentry.eventing.envelope import Event, encode
+
+_INSERT = """
+WITH key_lock AS (SELECT pg_advisory_xact_lock(hashtextextended(encode($3::bytea, 'escape'), 0)))
+INSERT INTO eventing_outbox (event_id, topic, message_key, event_type, headers, payload)
+SELECT $1, $2, $3, $4, $5::jsonb, $6 FROM key_lock
+"""
+
+
+def _row(event: Event) -> tuple[str, str, bytes, str, str, bytes]:
+    record = encode(event)
+    headers = {name: value.decode() for name, value in record.headers}
+    return (
+        event.id,
+        record.topic,
+        record.key or b"",
+        event.type.name,
+        json.dumps(headers),
+        record.value,
+    )
+
+
+async def add(conn: Connection, event: Event) -> None:
+    """Queue `event` for publication inside the caller's transaction."""
+    await add_many(conn, [event])
+
+
+async def add_many(conn: Connection, events: Iterable[Event]) -> None:
+    """Queue several events, in order, inside the caller's transaction."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("outbox.add must run inside the state change's transaction")
+    rows = [_row(event) for event in events]
+    if rows:
+        await conn.executemany(_INSERT, rows)

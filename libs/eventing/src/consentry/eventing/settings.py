@@ -1,0 +1,75 @@
+"""Typed settings shared by every consentry process (pydantic-settings, `CONSENTRY_` prefix).
+
+Each process defines one settings class built from the mixins here and loads it in its
+factory with `load_settings`, never at import time.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CONSENTRY_"
+
+
+class Environment(StrEnum):
+    """Where a process runs; development relaxes the refusal of well-known dev secrets."""
+
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class ConsentrySettings(BaseSettings):
+    """Base of every process's settings: environment and logging."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    environment: Environment = Environment.PRODUCTION
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+
+class DatabaseSettings(ConsentrySettings):
+    """A process that owns a PostgreSQL database (the service's own, never another's)."""
+
+    database_url: str = Field(description="DSN of this service's own PostgreSQL database")
+    database_pool_min: int = Field(default=2, ge=1)
+    database_pool_max: int = Field(default=10, ge=1)
+
+
+class KafkaSettings(ConsentrySettings):
+    """A process that talks to Kafka.
+
+    `kafka_enable_idempotence` is off by default because the development broker (Tansu)
+    does not support it; correctness never depends on it (consumers are idempotent).
+    """
+
+    kafka_bootstrap_servers: str = Field(description="comma-separated host:port list")
+    kafka_client_id: str = "consentry"
+    kafka_enable_idempotence: bool = False
+    kafka_compression: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    kafka_request_timeout_ms: int = Field(default=30_000, ge=1_000)
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S], **overrides: object) -> S:
+    """Build `cls` from the environment, naming the variable of each missing/invalid setting."""
+    try:
+        return cls(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            variable = f"{ENV_PREFIX}{field.upper()}"
+            problems.append(f"{variable}: {error['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

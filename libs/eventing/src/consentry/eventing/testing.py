@@ -1,0 +1,56 @@
+"""Helpers for tests that read what was published (used by the test-suites, not by services)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import TypeAlias
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+
+async def collect(
+    bootstrap: str,
+    topic: str,
+    done: Callable[[list[Record]], bool],
+    *,
+    keep: Callable[[Record], bool] = lambda _: True,
+    seconds: float = 20.0,
+) -> list[Record]:
+    """Read `topic` from the earliest offset with a fresh group until `done(kept)` or timeout.
+
+    Raises TimeoutError naming how many records were kept when `done` never became true.
+    """
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"test-{uuid.uuid4().hex[:12]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    kept: list[Record] = []
+    try:
+        async with asyncio.timeout(seconds):
+            while not done(kept):
+                batches = await consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    kept.extend(record for record in records if keep(record))
+    except TimeoutError:
+        raise TimeoutError(
+            f"{topic}: condition not met after {seconds}s, kept {len(kept)}"
+        ) from None
+    finally:
+        await consumer.stop()
+    return kept
+
+
+def header(record: Record, name: str) -> str:
+    """A record header's value as text ('' when absent)."""
+    for key, value in record.headers or ():
+        if key == name:
+            return bytes(value).decode()
+    return ""

@@ -1,0 +1,28 @@
+"""Topic names: one topic per event family, versioned; one dead-letter topic per consumer."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+CONSENT = "consentry.consent.v1"
+AUDIT = "consentry.audit.v1"
+
+_CONSUMER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+def dead_letter_topic(consumer: str) -> str:
+    """Name of the dead-letter topic of one consumer (e.g. `consentry.dlq.audit-appender`)."""
+    if not _CONSUMER_NAME.match(consumer):
+        raise ValueError(f"invalid consumer name {consumer!r}")
+    return f"consentry.dlq.{consumer}"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic to create: name, partitions, replication and topic configs."""
+
+    name: str
+    partitions: int = 6
+    replication_factor: int = 1
+    configs: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,152 @@
+"""The consumer loop: effectively-once effects, dead letters, committed offsets."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from consentry.consent.v1 import consent_pb2
+from consentry.eventing import catalogue, topics
+from consentry.eventing.consumer import EventConsumer
+from consentry.eventing.db import Connection
+from consentry.eventing.envelope import Event, ReceivedEvent, encode
+from consentry.eventing.testing import collect, header
+
+from .conftest import TEST_CONSUMER
+
+pytestmark = pytest.mark.integration
+
+
+def consent_event(tenant: str, subject: str, version: int) -> Event:
+    decision = consent_pb2.ConsentDecision(
+        tenant_id=tenant,
+        subject_ref=subject,
+        purpose="performance",
+        policy_version="v1",
+        subject_version=version,
+    )
+    return Event(
+        type=catalogue.CONSENT_GIVEN,
+        tenant_id=tenant,
+        subject_ref=subject,
+        message=consent_pb2.ConsentGiven(decision=decision),
+        source="/consentry/test",
+    )
+
+
+async def effects_table(pool: asyncpg.Pool) -> None:
+    await pool.execute("CREATE TABLE effects (event_id text, subject text, version bigint)")
+
+
+async def record_effect(conn: Connection, event: ReceivedEvent) -> None:
+    await conn.execute(
+        "INSERT INTO effects VALUES ($1, $2, $3)",
+        event.id,
+        event.subject_ref,
+        event.message.decision.subject_version,  # type: ignore[attr-defined]
+    )
+
+
+async def run_consumer(bootstrap: str, pool: asyncpg.Pool, group: str, until: int) -> EventConsumer:
+    kafka_consumer = AIOKafkaConsumer(
+        topics.CONSENT,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await kafka_consumer.start()
+    await producer.start()
+    consumer = EventConsumer(TEST_CONSUMER, kafka_consumer, producer, pool, record_effect)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        async with asyncio.timeout(20):
+            while await pool.fetchval("SELECT count(*) FROM effects") < until:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # let the loop commit the offsets of what it applied
+    finally:
+        stop.set()
+        await task
+        await kafka_consumer.stop()
+        await producer.stop()
+    return consumer
+
+
+async def test_applies_each_event_once_dead_letters_poison_and_keeps_going(
+    pool: asyncpg.Pool, event_topics: str
+) -> None:
+    await effects_table(pool)
+    tenant = str(uuid.uuid4())
+    subject = uuid.uuid4().hex
+    events = [consent_event(tenant, subject, version) for version in range(1, 6)]
+    poison_key = f"{tenant}/{subject}".encode()
+    producer = AIOKafkaProducer(bootstrap_servers=event_topics, acks="all")
+    await producer.start()
+    try:
+        for index, event in enumerate(events):
+            record = encode(event)
+            await producer.send_and_wait(
+                record.topic, record.value, record.key, headers=list(record.headers)
+            )
+            if index == 1:  # a duplicate delivery and two poison messages, mid-stream
+                await producer.send_and_wait(
+                    record.topic, record.value, record.key, headers=list(record.headers)
+                )
+                await producer.send_and_wait(topics.CONSENT, b"not protobuf at all", poison_key)
+                await producer.send_and_wait(
+                    topics.CONSENT,
+                    record.value,
+                    record.key,
+                    headers=[("ce_type", b"consentry.consent.given.v1")],
+                )
+    finally:
+        await producer.stop()
+
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    consumer = await run_consumer(event_topics, pool, group, until=len(events))
+
+    rows = await pool.fetch(
+        "SELECT event_id, version FROM effects WHERE subject = $1 ORDER BY version", subject
+    )
+    assert [row["event_id"] for row in rows] == [event.id for event in events]
+    assert consumer.duplicates >= 1
+    dead = await collect(
+        event_topics,
+        consumer.dead_letter_topic,
+        lambda kept: len(kept) >= 2,
+        keep=lambda r: r.key == poison_key,
+    )
+    assert sorted(header(r, "dlq.reason") for r in dead) == ["missing-headers", "missing-headers"]
+    assert all(header(r, "dlq.consumer") == TEST_CONSUMER for r in dead)
+    assert all(
+        header(r, "dlq.topic") == topics.CONSENT and header(r, "dlq.offset").isdigit() for r in dead
+    )
+    assert {r.value for r in dead} == {b"not protobuf at all", encode(events[1]).value}
+
+    # The group committed its offsets: a restarted member applies nothing again.
+    async with pool.acquire() as conn:
+        claimed = await conn.fetchval(
+            "SELECT count(*) FROM eventing_inbox WHERE consumer = $1", TEST_CONSUMER
+        )
+    assert claimed >= len(events)
+    later = consent_event(tenant, subject, 6)
+    producer = AIOKafkaProducer(bootstrap_servers=event_topics, acks="all")
+    await producer.start()
+    try:
+        record = encode(later)
+        await producer.send_and_wait(
+            record.topic, record.value, record.key, headers=list(record.headers)
+        )
+    finally:
+        await producer.stop()
+    await run_consumer(event_topics, pool, group, until=len(events) + 1)
+    assert (
+        await pool.fetchval("SELECT count(*) FROM effects WHERE subject = $1", subject)
+        == len(events) + 1
+    )

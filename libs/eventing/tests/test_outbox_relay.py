@@ -1,0 +1,149 @@
+"""Outbox and relay against a real PostgreSQL and the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from consentry.consent.v1 import consent_pb2
+from consentry.eventing import catalogue, outbox, relay
+from consentry.eventing.envelope import Event, decode
+from consentry.eventing.relay import OutboxRelay, RelayOptions
+from consentry.eventing.testing import collect
+
+pytestmark = pytest.mark.integration
+TENANT = str(uuid.uuid4())
+
+
+def consent_event(subject: str, version: int) -> Event:
+    decision = consent_pb2.ConsentDecision(
+        tenant_id=TENANT,
+        subject_ref=subject,
+        purpose="performance",
+        policy_version="v1",
+        subject_version=version,
+    )
+    return Event(
+        type=catalogue.CONSENT_GIVEN,
+        tenant_id=TENANT,
+        subject_ref=subject,
+        message=consent_pb2.ConsentGiven(decision=decision),
+        source="/consentry/test",
+    )
+
+
+async def test_add_requires_the_callers_transaction(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        with pytest.raises(RuntimeError, match="inside the state change's transaction"):
+            await outbox.add(conn, consent_event("s", 1))
+
+
+async def test_rolled_back_transaction_leaves_no_outbox_row(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        with pytest.raises(ZeroDivisionError):
+            async with conn.transaction():
+                await outbox.add(conn, consent_event("s", 1))
+                _ = 1 / 0
+        assert await conn.fetchval("SELECT count(*) FROM eventing_outbox") == 0
+
+
+async def test_relay_publishes_every_row_in_per_key_order_and_marks_it(
+    pool: asyncpg.Pool, event_topics: str
+) -> None:
+    subjects = [uuid.uuid4().hex for _ in range(5)]
+    expected: dict[str, list[str]] = defaultdict(list)
+
+    async def write(subject: str) -> None:
+        for version in range(1, 11):
+            event = consent_event(subject, version)
+            async with pool.acquire() as conn, conn.transaction():
+                await outbox.add(conn, event)
+            expected[subject].append(event.id)
+
+    await asyncio.gather(*(write(subject) for subject in subjects))
+    producer = AIOKafkaProducer(bootstrap_servers=event_topics, acks="all")
+    await producer.start()
+    try:
+        async with pool.acquire() as conn:
+            published = await relay.publish_pending(conn, producer, batch_size=1000)
+            assert published == 50
+            assert await relay.publish_pending(conn, producer, batch_size=1000) == 0
+            assert (
+                await conn.fetchval(
+                    "SELECT count(*) FROM eventing_outbox WHERE published_at IS NULL"
+                )
+                == 0
+            )
+    finally:
+        await producer.stop()
+
+    wanted = {event_id for ids in expected.values() for event_id in ids}
+    records = await collect(
+        event_topics,
+        "consentry.consent.v1",
+        lambda kept: len(kept) >= 50,
+        keep=lambda r: dict(r.headers or ()).get("ce_id", b"").decode() in wanted,
+    )
+    seen: dict[str, list[str]] = defaultdict(list)
+    for record in records:
+        event = decode(record.key, record.value, list(record.headers or ()))
+        seen[event.subject_ref].append(event.id)
+    assert seen == expected
+
+
+async def test_replay_republishes_retained_rows(pool: asyncpg.Pool, event_topics: str) -> None:
+    event = consent_event(uuid.uuid4().hex, 1)
+    async with pool.acquire() as conn, conn.transaction():
+        await outbox.add(conn, event)
+    producer = AIOKafkaProducer(bootstrap_servers=event_topics, acks="all")
+    await producer.start()
+    try:
+        async with pool.acquire() as conn:
+            assert await relay.publish_pending(conn, producer, 100) == 1
+            assert await relay.replay(conn, datetime.now(UTC) - timedelta(minutes=1)) == 1
+            assert (await relay.backlog(conn))[0] == 1
+            assert await relay.publish_pending(conn, producer, 100) == 1
+    finally:
+        await producer.stop()
+    copies = await collect(
+        event_topics,
+        "consentry.consent.v1",
+        lambda kept: len(kept) >= 2,
+        keep=lambda r: dict(r.headers or ()).get("ce_id", b"").decode() == event.id,
+    )
+    assert len(copies) == 2
+
+
+async def test_running_relay_wakes_on_commit_and_only_one_is_active(
+    database: str, pool: asyncpg.Pool, event_topics: str
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=event_topics, acks="all")
+    await producer.start()
+    stop = asyncio.Event()
+    # A long poll interval: only NOTIFY can make the relay publish quickly.
+    options = RelayOptions(poll_interval=30.0)
+    first, second = (
+        OutboxRelay(database, producer, options),
+        OutboxRelay(database, producer, options),
+    )
+    tasks = [asyncio.create_task(first.run(stop)), asyncio.create_task(second.run(stop))]
+    try:
+        await asyncio.sleep(0.5)  # both started; one leads, one stands by
+        events = [consent_event(uuid.uuid4().hex, 1) for _ in range(20)]
+        for event in events:
+            async with pool.acquire() as conn, conn.transaction():
+                await outbox.add(conn, event)
+        async with asyncio.timeout(10):
+            while first.published + second.published < len(events):
+                await asyncio.sleep(0.05)
+        assert sorted([first.published, second.published]) == [0, len(events)]
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        await producer.stop()

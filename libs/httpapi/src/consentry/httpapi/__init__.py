@@ -1,0 +1,7 @@
+"""HTTP API plumbing shared by consentry services.
+
+RFC 9457 problem details for every error (`problems`), API-key authentication with tenant
+and scopes (`auth`), a request log that records route templates instead of raw paths, so no
+subject identifier reaches the logs (`middleware`), health endpoints and the uvicorn runner
+(`server`).
+"""

@@ -1,0 +1,124 @@
+"""RFC 9457 problem details: every error answer is `application/problem+json`.
+
+`type` is a machine-readable URN, `urn:consentry:problem:<slug>`; the catalogue of slugs is
+in docs/problems.md. Validation errors list what was wrong without echoing the input, which
+may be personal data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from consentry.eventing.logs import get_logger
+
+MEDIA_TYPE = "application/problem+json"
+TYPE_PREFIX = "urn:consentry:problem:"
+log = get_logger(__name__)
+
+_DEFAULT_SLUGS = {
+    400: "bad-request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    422: "validation-error",
+    429: "rate-limited",
+    503: "unavailable",
+}
+
+
+class Problem(Exception):  # noqa: N818 - RFC 9457's own name
+    """Raise to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.slug = slug
+        self.title = title
+        self.detail = detail
+        self.headers = headers
+        self.extensions = extensions
+
+
+def problem_response(
+    request: Request,
+    status: int,
+    slug: str,
+    title: str,
+    detail: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    """Build a problem+json response."""
+    body: dict[str, Any] = {
+        "type": TYPE_PREFIX + slug,
+        "title": title,
+        "status": status,
+        "instance": request.scope.get("route_template") or None,
+    }
+    if detail:
+        body["detail"] = detail
+    body.update(extensions)
+    body = {key: value for key, value in body.items() if value is not None}
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return problem_response(
+        request, exc.status, exc.slug, exc.title, exc.detail, exc.headers, **exc.extensions
+    )
+
+
+async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"location": [str(part) for part in error.get("loc", ())], "message": error.get("msg", "")}
+        for error in exc.errors()
+    ]
+    return problem_response(
+        request,
+        422,
+        "validation-error",
+        "The request is not valid",
+        "; ".join(f"{'.'.join(e['location'])}: {e['message']}" for e in errors)[:1000],
+        errors=errors,
+    )
+
+
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    slug = _DEFAULT_SLUGS.get(exc.status_code, "http-error")
+    title = slug.replace("-", " ").capitalize()
+    detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
+    headers = dict(exc.headers) if exc.headers else None
+    return problem_response(request, exc.status_code, slug, title, detail, headers)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", route=request.scope.get("route_template"))
+    return problem_response(request, 500, "internal-error", "Internal error")
+
+
+def install(app: FastAPI) -> None:
+    """Answer every error of `app` with problem details."""
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(Exception, _on_unexpected)

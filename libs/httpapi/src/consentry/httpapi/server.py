@@ -1,0 +1,98 @@
+"""Settings, app assembly and the uvicorn runner shared by every HTTP API process."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from uuid import UUID
+
+import uvicorn
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import Field, SecretStr, model_validator
+
+from consentry.eventing.settings import ConsentrySettings, Environment
+from consentry.httpapi import problems
+from consentry.httpapi.middleware import BodySizeLimit, RequestLog
+
+# The well-known development key `make run` uses; refused in production.
+DEV_API_KEY = "consentry-dev-key"
+MIN_KEY_LENGTH = 24
+
+
+class HttpSettings(ConsentrySettings):
+    """Where an API listens and how much it accepts."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    http_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+
+class DevAuthSettings(ConsentrySettings):
+    """The single development API key and its tenant (until key management lands)."""
+
+    dev_api_key: SecretStr = Field(description="API key accepted for the dev tenant")
+    dev_tenant_id: UUID = Field(description="tenant the dev API key belongs to")
+
+    @model_validator(mode="after")
+    def _refuse_weak_key_outside_development(self) -> DevAuthSettings:
+        key = self.dev_api_key.get_secret_value()
+        relaxed = self.environment in (Environment.DEVELOPMENT, Environment.TEST)
+        if not relaxed and (key == DEV_API_KEY or len(key) < MIN_KEY_LENGTH):
+            raise ValueError(
+                "the development API key or a short key is refused outside development; "
+                f"set a random key of at least {MIN_KEY_LENGTH} characters"
+            )
+        return self
+
+
+Check = Callable[[], Awaitable[None]]
+
+
+def health_router(readiness: dict[str, Check]) -> APIRouter:
+    """`/healthz` (the process is up) and `/readyz` (each dependency answers)."""
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: every dependency answers."""
+        results: dict[str, str] = {}
+        for name, check in readiness.items():
+            try:
+                await check()
+                results[name] = "ok"
+            except Exception as exc:  # a readiness probe reports, it does not raise
+                results[name] = f"failed: {type(exc).__name__}"
+        ready = all(value == "ok" for value in results.values())
+        return JSONResponse(
+            {"status": "ok" if ready else "unavailable", "checks": results}, 200 if ready else 503
+        )
+
+    return router
+
+
+def harden(app: FastAPI, settings: HttpSettings) -> FastAPI:
+    """Install problem details, the request log and the body-size limit on `app`."""
+    problems.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.http_max_body_bytes)
+    app.add_middleware(RequestLog)
+    return app
+
+
+def serve(app: FastAPI, settings: HttpSettings) -> None:
+    """Run `app` under uvicorn (logging is configured by consentry, not uvicorn)."""
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run()

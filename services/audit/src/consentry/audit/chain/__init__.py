@@ -1,0 +1,1 @@
+"""The hash chain: appending entries and verifying a tenant's chain."""

@@ -1,0 +1,47 @@
+"""Models of the audit API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class BrokenEntry(BaseModel):
+    """The first entry at which a chain stops verifying, and why."""
+
+    tenant_id: str
+    seq: int
+    event_id: str | None
+    reason: str
+
+
+class ChainReport(BaseModel):
+    """The result of verifying one tenant's chain."""
+
+    tenant_id: str
+    ok: bool
+    entries: int = Field(description="entries checked")
+    head_seq: int
+    head_hash: str = Field(description="hex chain hash of the last entry")
+    broken: BrokenEntry | None = None
+
+
+class AuditEntryOut(BaseModel):
+    """One entry of the chain, as stored (entry bytes base64 in `entry`)."""
+
+    seq: int
+    event_id: str
+    event_type: str
+    subject_ref: str
+    entry: str = Field(description="base64 of the stored consentry.audit.v1.AuditEntry bytes")
+    leaf_hash: str
+    chain_hash: str
+    appended_at: datetime
+
+
+class AuditEntryPage(BaseModel):
+    """A page of entries; ask again with `after_seq = next_after_seq` for more."""
+
+    entries: list[AuditEntryOut]
+    next_after_seq: int | None

@@ -1,0 +1,63 @@
+"""SQL for the audit chain. Entries are only ever written through audit_append()."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+import asyncpg
+
+from consentry.eventing.db import Connection
+
+_APPEND = "SELECT audit_append($1, $2, $3, $4, $5)"
+_TENANTS = "SELECT tenant_id, seq, chain_hash FROM audit_chain_heads ORDER BY tenant_id"
+_HEAD = "SELECT tenant_id, seq, chain_hash FROM audit_chain_heads WHERE tenant_id = $1"
+_WALK = """
+SELECT seq, event_id, entry, leaf_hash, chain_hash
+FROM audit_entries WHERE tenant_id = $1 ORDER BY seq
+"""
+_PAGE = """
+SELECT seq, event_id, event_type, subject_ref, entry, leaf_hash, chain_hash, appended_at
+FROM audit_entries WHERE tenant_id = $1 AND seq > $2
+  AND ($3::text IS NULL OR subject_ref = $3)
+ORDER BY seq LIMIT $4
+"""
+
+
+async def append(
+    conn: Connection,
+    *,
+    tenant_id: UUID,
+    event_id: str,
+    event_type: str,
+    subject_ref: str,
+    entry: bytes,
+) -> int:
+    """Append one entry to the tenant's chain (idempotent by event id); return its seq."""
+    seq: int = await conn.fetchval(_APPEND, tenant_id, event_id, event_type, subject_ref, entry)
+    return seq
+
+
+async def heads(conn: Connection) -> list[asyncpg.Record]:
+    """Every tenant's chain head (seq and chain hash of the last entry)."""
+    return list(await conn.fetch(_TENANTS))
+
+
+async def head(conn: Connection, *, tenant_id: UUID) -> asyncpg.Record | None:
+    """One tenant's chain head, or None when the tenant has no entries."""
+    return await conn.fetchrow(_HEAD, tenant_id)
+
+
+async def walk(
+    conn: Connection, *, tenant_id: UUID, prefetch: int = 5000
+) -> AsyncIterator[asyncpg.Record]:
+    """Every entry of the tenant's chain in order (server-side cursor; needs a transaction)."""
+    async for row in conn.cursor(_WALK, tenant_id, prefetch=prefetch):
+        yield row
+
+
+async def page(
+    conn: Connection, *, tenant_id: UUID, after_seq: int, limit: int, subject_ref: str | None
+) -> list[asyncpg.Record]:
+    """Up to `limit` entries after `after_seq`, optionally of one subject."""
+    return list(await conn.fetch(_PAGE, tenant_id, after_seq, subject_ref, limit))

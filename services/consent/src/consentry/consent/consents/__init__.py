@@ -1,0 +1,1 @@
+"""Consents: give and withdraw per subject and purpose; ledger, current state, events."""

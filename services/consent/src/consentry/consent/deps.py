@@ -1,0 +1,30 @@
+"""FastAPI dependencies of the consent API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from consentry.consent.tenants.service import SubjectKeys, pseudonymise
+from consentry.eventing.db import Pool
+from consentry.httpapi.auth import Principal
+from consentry.httpapi.problems import Problem
+
+
+def get_pool(request: Request) -> Pool:
+    """The service's database pool."""
+    pool: Pool = request.app.state.pool
+    return pool
+
+
+async def subject_ref_for(request: Request, principal: Principal, subject_id: str) -> str:
+    """Turn the caller's subject identifier into the tenant's pseudonymous reference."""
+    keys: SubjectKeys = request.app.state.subject_keys
+    key = await keys.get(principal.tenant_id)
+    if key is None:  # a key whose tenant was never created
+        raise Problem(403, "unknown-tenant", "The API key's tenant does not exist")
+    return pseudonymise(key, subject_id)
+
+
+PoolDep = Annotated[Pool, Depends(get_pool)]

@@ -1,0 +1,1 @@
+"""Tenants: customer organisations, each with its own key for subject pseudonyms."""
