@@ -117,8 +117,19 @@ async def test_a_busy_fixed_port_is_a_clear_error(pg_server_dsn: str, kafka_boot
             consent_port=sock.getsockname()[1],
         )
         with pytest.raises(DevStackError, match="is busy; set CONSENTRY_CONSENT_PORT"):
-            async with DevStack(settings, services=STANDINS[:1], run_migrations=False):
+            names = {"consent": f"ct_{uuid.uuid4().hex[:8]}_busy"}
+            async with DevStack(
+                settings, services=STANDINS[:1], run_migrations=False, database_names=names
+            ):
                 pass
+        conn = await asyncpg.connect(pg_server_dsn)
+        try:  # it failed before creating anything
+            found = await conn.fetchval(
+                "SELECT count(*) FROM pg_database WHERE datname = $1", names["consent"]
+            )
+        finally:
+            await conn.close()
+        assert found == 0
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -118,7 +118,15 @@ def test_an_orphaned_postgres_from_a_crashed_run_is_stopped(data_dir: Path) -> N
     assert orphans
     with EmbeddedPostgres(data_dir) as server:
         assert _postgres_pids(data_dir) == [server.pid]
-    assert not any(psutil.pid_exists(pid) for pid in orphans)
+    assert not any(_alive(pid) for pid in orphans)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for a parent that does not reap it."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_throwaway_and_data_dir_are_exclusive(tmp_path: Path) -> None:

@@ -154,6 +154,8 @@ class DevStack:
         # EmbeddedPostgres/EmbeddedBroker.start() block (~1 s): acceptable while starting up, and
         # it spawns from the loop's own thread, which the children's death signal is tied to.
         settings = self.settings
+        if self._start_processes:
+            self._reserve_ports()  # first: a busy port fails before anything is created
         if settings.database_url:
             self._server_dsn = settings.database_url
         else:
@@ -178,8 +180,6 @@ class DevStack:
         for service in self.services:
             database = self._database_names.get(service.name, service.database)
             self._database_dsns[service.name] = await ensure_database(self.server_dsn, database)
-        if self._start_processes:
-            self._reserve_ports()
         if self._run_migrations:
             for service in self.services:
                 env = self._env(service, http=False)
