@@ -9,33 +9,15 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from consentry.consent.v1 import consent_pb2
-from consentry.eventing import catalogue, topics
+from consentry.eventing import topics
 from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection
-from consentry.eventing.envelope import Event, ReceivedEvent, encode
-from consentry.eventing.testing import collect, header
+from consentry.eventing.envelope import ReceivedEvent, encode
+from consentry.eventing.testing import collect, consent_event, header
 
 from .conftest import TEST_CONSUMER
 
 pytestmark = pytest.mark.integration
-
-
-def consent_event(tenant: str, subject: str, version: int) -> Event:
-    decision = consent_pb2.ConsentDecision(
-        tenant_id=tenant,
-        subject_ref=subject,
-        purpose="performance",
-        policy_version="v1",
-        subject_version=version,
-    )
-    return Event(
-        type=catalogue.CONSENT_GIVEN,
-        tenant_id=tenant,
-        subject_ref=subject,
-        message=consent_pb2.ConsentGiven(decision=decision),
-        source="/consentry/test",
-    )
 
 
 async def effects_table(pool: asyncpg.Pool) -> None:

@@ -11,44 +11,26 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consentry.consent.v1 import consent_pb2
-from consentry.eventing import catalogue, outbox, relay
-from consentry.eventing.envelope import Event, decode
+from consentry.eventing import outbox, relay
+from consentry.eventing.envelope import decode
 from consentry.eventing.relay import OutboxRelay, RelayOptions
-from consentry.eventing.testing import collect
+from consentry.eventing.testing import collect, consent_event
 
 pytestmark = pytest.mark.integration
 TENANT = str(uuid.uuid4())
 
 
-def consent_event(subject: str, version: int) -> Event:
-    decision = consent_pb2.ConsentDecision(
-        tenant_id=TENANT,
-        subject_ref=subject,
-        purpose="performance",
-        policy_version="v1",
-        subject_version=version,
-    )
-    return Event(
-        type=catalogue.CONSENT_GIVEN,
-        tenant_id=TENANT,
-        subject_ref=subject,
-        message=consent_pb2.ConsentGiven(decision=decision),
-        source="/consentry/test",
-    )
-
-
 async def test_add_requires_the_callers_transaction(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         with pytest.raises(RuntimeError, match="inside the state change's transaction"):
-            await outbox.add(conn, consent_event("s", 1))
+            await outbox.add(conn, consent_event(TENANT, "s", 1))
 
 
 async def test_rolled_back_transaction_leaves_no_outbox_row(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         with pytest.raises(ZeroDivisionError):
             async with conn.transaction():
-                await outbox.add(conn, consent_event("s", 1))
+                await outbox.add(conn, consent_event(TENANT, "s", 1))
                 _ = 1 / 0
         assert await conn.fetchval("SELECT count(*) FROM eventing_outbox") == 0
 
@@ -61,7 +43,7 @@ async def test_relay_publishes_every_row_in_per_key_order_and_marks_it(
 
     async def write(subject: str) -> None:
         for version in range(1, 11):
-            event = consent_event(subject, version)
+            event = consent_event(TENANT, subject, version)
             async with pool.acquire() as conn, conn.transaction():
                 await outbox.add(conn, event)
             expected[subject].append(event.id)
@@ -98,7 +80,7 @@ async def test_relay_publishes_every_row_in_per_key_order_and_marks_it(
 
 
 async def test_replay_republishes_retained_rows(pool: asyncpg.Pool, event_topics: str) -> None:
-    event = consent_event(uuid.uuid4().hex, 1)
+    event = consent_event(TENANT, uuid.uuid4().hex, 1)
     async with pool.acquire() as conn, conn.transaction():
         await outbox.add(conn, event)
     producer = AIOKafkaProducer(bootstrap_servers=event_topics, acks="all")
@@ -135,7 +117,7 @@ async def test_running_relay_wakes_on_commit_and_only_one_is_active(
     tasks = [asyncio.create_task(first.run(stop)), asyncio.create_task(second.run(stop))]
     try:
         await asyncio.sleep(0.5)  # both started; one leads, one stands by
-        events = [consent_event(uuid.uuid4().hex, 1) for _ in range(20)]
+        events = [consent_event(TENANT, uuid.uuid4().hex, 1) for _ in range(20)]
         for event in events:
             async with pool.acquire() as conn, conn.transaction():
                 await outbox.add(conn, event)

@@ -9,10 +9,9 @@ import asyncpg
 import pytest_asyncio
 
 from consentry.audit.__main__ import migrations
-from consentry.consent.v1 import consent_pb2
-from consentry.eventing import catalogue
-from consentry.eventing.envelope import Event, ReceivedEvent, decode, encode
+from consentry.eventing.envelope import ReceivedEvent, decode, encode
 from consentry.eventing.migrations import migrate_dsn
+from consentry.eventing.testing import consent_event
 
 
 @pytest_asyncio.fixture
@@ -31,19 +30,7 @@ async def db(audit_db: str) -> AsyncIterator[asyncpg.Connection]:
 
 def received(tenant: uuid.UUID, subject: str, version: int, *, given: bool = True) -> ReceivedEvent:
     """An event as the appender receives it: encoded for the wire, then decoded."""
-    decision = consent_pb2.ConsentDecision(
-        tenant_id=str(tenant),
-        subject_ref=subject,
-        purpose="performance",
-        policy_version="v1",
-        subject_version=version,
+    record = encode(
+        consent_event(str(tenant), subject, version, given=given, source="/consentry/consent")
     )
-    message: consent_pb2.ConsentGiven | consent_pb2.ConsentWithdrawn
-    if given:
-        event_type, message = catalogue.CONSENT_GIVEN, consent_pb2.ConsentGiven(decision=decision)
-    else:
-        event_type = catalogue.CONSENT_WITHDRAWN
-        message = consent_pb2.ConsentWithdrawn(decision=decision)
-    event = Event(event_type, str(tenant), subject, message, "/consentry/consent")
-    record = encode(event)
     return decode(record.key, record.value, list(record.headers))

@@ -8,6 +8,7 @@ import os
 import pwd
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -74,13 +75,25 @@ def stop_leftovers(data: Path) -> None:
                     f"{owner or proc.ppid()}); is another dev stack running? stop it first"
                 )
             proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except psutil.TimeoutExpired:
+            if not _gone(proc, 10):
                 proc.kill()
-                proc.wait(5)
+                if not _gone(proc, 5):
+                    raise PostgresError(f"could not stop the leftover postgres (pid {proc.pid})")
     if listed is not None and not found:
         pid_file.unlink(missing_ok=True)  # stale: its pid is dead or now another program's
+
+
+def _gone(proc: psutil.Process, seconds: float) -> bool:
+    """Wait until `proc` has exited; a zombie counts as gone (its parent, not us, reaps it)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _serves(proc: psutil.Process, data: Path, listed: int | None) -> bool:

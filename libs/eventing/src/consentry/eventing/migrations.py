@@ -70,6 +70,11 @@ def eventing_migrations() -> list[Migration]:
     return load("eventing", "consentry.eventing")
 
 
+def service_migrations(namespace: str, package: str) -> list[Migration]:
+    """A service database's migrations: the shared eventing tables first, then its own."""
+    return [*eventing_migrations(), *load(namespace, package)]
+
+
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     namespace   text        NOT NULL,

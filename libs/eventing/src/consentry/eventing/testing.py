@@ -9,6 +9,10 @@ from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
+from consentry.consent.v1 import consent_pb2
+from consentry.eventing import catalogue
+from consentry.eventing.envelope import Event
+
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
@@ -54,3 +58,29 @@ def header(record: Record, name: str) -> str:
         if key == name:
             return bytes(value).decode()
     return ""
+
+
+def consent_event(
+    tenant_id: str,
+    subject_ref: str,
+    version: int,
+    *,
+    given: bool = True,
+    purpose: str = "performance",
+    source: str = "/consentry/test",
+) -> Event:
+    """A valid consent given/withdrawn event for tests."""
+    decision = consent_pb2.ConsentDecision(
+        tenant_id=tenant_id,
+        subject_ref=subject_ref,
+        purpose=purpose,
+        policy_version="v1",
+        subject_version=version,
+    )
+    message: consent_pb2.ConsentGiven | consent_pb2.ConsentWithdrawn
+    if given:
+        event_type, message = catalogue.CONSENT_GIVEN, consent_pb2.ConsentGiven(decision=decision)
+    else:
+        event_type = catalogue.CONSENT_WITHDRAWN
+        message = consent_pb2.ConsentWithdrawn(decision=decision)
+    return Event(event_type, tenant_id, subject_ref, message, source)

@@ -9,50 +9,32 @@ from uuid import UUID
 import asyncpg
 import typer
 
+from consentry.audit.app import create_app
 from consentry.audit.chain.models import ChainReport
 from consentry.audit.chain.service import verify_all, verify_tenant
 from consentry.audit.settings import ApiSettings, AppenderSettings, DatabaseOnlySettings
+from consentry.audit.worker import run_appender
 from consentry.eventing.logs import configure_logging
-from consentry.eventing.migrations import Migration, eventing_migrations, load, migrate_dsn
-from consentry.eventing.process import run_worker
+from consentry.eventing.migrations import Migration, service_migrations
 from consentry.eventing.settings import load_settings
-
-cli = typer.Typer(help="consentry audit service", no_args_is_help=True, add_completion=False)
+from consentry.httpapi.service import add_worker, service_cli
 
 
 def migrations() -> list[Migration]:
-    """Every migration of the audit database, shared eventing tables first."""
-    return [*eventing_migrations(), *load("audit", "consentry.audit")]
+    """Every migration of the audit database."""
+    return service_migrations("audit", "consentry.audit")
 
 
-@cli.command()
-def api() -> None:
-    """Serve the audit HTTP API."""
-    from consentry.audit.app import create_app
-    from consentry.httpapi.server import serve
-
-    settings = load_settings(ApiSettings)
-    configure_logging(settings.log_level, settings.log_format)
-    serve(create_app(settings), settings)
+cli = service_cli("audit", api_settings=ApiSettings, create_app=create_app, migrations=migrations)
 
 
-@cli.command()
-def appender() -> None:
-    """Consume event topics and append every event to the audit chain."""
-    from consentry.audit.worker import run_appender
-
-    settings = load_settings(AppenderSettings)
-    configure_logging(settings.log_level, settings.log_format)
-    run_worker(lambda stop: run_appender(settings, stop))
-
-
-@cli.command()
-def migrate() -> None:
-    """Apply the audit database's migrations."""
-    settings = load_settings(DatabaseOnlySettings)
-    configure_logging(settings.log_level, settings.log_format)
-    applied = asyncio.run(migrate_dsn(settings.database_url, migrations()))
-    typer.echo(f"audit database: {len(applied)} migration(s) applied")
+add_worker(
+    cli,
+    "appender",
+    AppenderSettings,
+    run_appender,
+    "Append every event on the audited topics to the chain.",
+)
 
 
 async def _verify(dsn: str, tenant: UUID | None) -> list[ChainReport]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from consentry.eventing.settings import DatabaseSettings, KafkaSettings
-from consentry.httpapi.server import DevAuthSettings, HttpSettings
+from consentry.httpapi.service import ServiceApiSettings
 
 
-class ApiSettings(DatabaseSettings, HttpSettings, DevAuthSettings):
+class ApiSettings(ServiceApiSettings):
     """The audit HTTP API."""
 
 
@@ -17,4 +17,4 @@ class AppenderSettings(DatabaseSettings, KafkaSettings):
 
 
 class DatabaseOnlySettings(DatabaseSettings):
-    """Migrations and the command-line verifier."""
+    """The command-line verifier."""

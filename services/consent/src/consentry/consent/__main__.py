@@ -2,53 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-
-import typer
-
-from consentry.consent.settings import ApiSettings, MigrateSettings, RelaySettings
-from consentry.eventing.logs import configure_logging
-from consentry.eventing.migrations import Migration, eventing_migrations, load, migrate_dsn
-from consentry.eventing.process import run_worker
-from consentry.eventing.settings import load_settings
-
-cli = typer.Typer(help="consentry consent service", no_args_is_help=True, add_completion=False)
+from consentry.consent.app import create_app
+from consentry.consent.settings import ApiSettings, RelaySettings
+from consentry.consent.worker import run_relay
+from consentry.eventing.migrations import Migration, service_migrations
+from consentry.httpapi.service import add_worker, service_cli
 
 
 def migrations() -> list[Migration]:
-    """Every migration of the consent database, shared eventing tables first."""
-    return [*eventing_migrations(), *load("consent", "consentry.consent")]
+    """Every migration of the consent database."""
+    return service_migrations("consent", "consentry.consent")
 
 
-@cli.command()
-def api() -> None:
-    """Serve the consent HTTP API."""
-    from consentry.consent.app import create_app
-    from consentry.httpapi.server import serve
-
-    settings = load_settings(ApiSettings)
-    configure_logging(settings.log_level, settings.log_format)
-    serve(create_app(settings), settings)
+cli = service_cli("consent", api_settings=ApiSettings, create_app=create_app, migrations=migrations)
 
 
-@cli.command()
-def relay() -> None:
-    """Publish the consent outbox to Kafka."""
-    from consentry.consent.worker import run_relay
-
-    settings = load_settings(RelaySettings)
-    configure_logging(settings.log_level, settings.log_format)
-    run_worker(lambda stop: run_relay(settings, stop))
-
-
-@cli.command()
-def migrate() -> None:
-    """Apply the consent database's migrations."""
-    settings = load_settings(MigrateSettings)
-    configure_logging(settings.log_level, settings.log_format)
-    applied = asyncio.run(migrate_dsn(settings.database_url, migrations()))
-    typer.echo(f"consent database: {len(applied)} migration(s) applied")
-
+add_worker(cli, "relay", RelaySettings, run_relay, "Publish the consent outbox to Kafka.")
 
 if __name__ == "__main__":
     cli()

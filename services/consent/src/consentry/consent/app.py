@@ -2,48 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 from fastapi import FastAPI
 
 from consentry.consent.consents.views import router as consents_router
 from consentry.consent.settings import ApiSettings
 from consentry.consent.tenants.service import SubjectKeys, ensure_tenant
-from consentry.eventing.db import create_pool
-from consentry.httpapi.auth import DevKeyResolver
-from consentry.httpapi.server import harden, health_router
+from consentry.eventing.db import Pool
+from consentry.httpapi.service import create_service_app
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
     """Build the consent API for `settings`."""
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await create_pool(settings)
-        try:
-            async with pool.acquire() as conn:
-                await ensure_tenant(conn, tenant_id=settings.dev_tenant_id, name="development")
-            app.state.pool = pool
-            app.state.subject_keys = SubjectKeys(pool)
-            app.state.key_resolver = DevKeyResolver(
-                settings.dev_api_key.get_secret_value(), settings.dev_tenant_id
-            )
-            yield
-        finally:
-            await pool.close()
+    async def on_startup(app: FastAPI, pool: Pool) -> None:
+        async with pool.acquire() as conn:
+            await ensure_tenant(conn, tenant_id=settings.dev_tenant_id, name="development")
+        app.state.subject_keys = SubjectKeys(pool)
 
-    app = FastAPI(
+    return create_service_app(
+        settings,
         title="consentry consent API",
-        version="0.1.0",
         description="Record and read consent per subject and purpose. Subjects are stored and "
         "published only as pseudonymous references.",
-        lifespan=lifespan,
+        routers=[consents_router],
+        on_startup=on_startup,
     )
-
-    async def database_ready() -> None:
-        await app.state.pool.fetchval("SELECT 1")
-
-    app.include_router(health_router({"database": database_ready}))
-    app.include_router(consents_router)
-    return harden(app, settings)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from consentry.eventing.settings import DatabaseSettings, KafkaSettings
-from consentry.httpapi.server import DevAuthSettings, HttpSettings
+from consentry.httpapi.service import ServiceApiSettings
 
 
-class ApiSettings(DatabaseSettings, HttpSettings, DevAuthSettings):
+class ApiSettings(ServiceApiSettings):
     """The consent HTTP API: its database, where it listens, and the dev API key."""
 
 
@@ -16,7 +16,3 @@ class RelaySettings(DatabaseSettings, KafkaSettings):
     relay_batch_size: int = 500
     relay_poll_interval: float = 1.0
     relay_retention_days: int = 7
-
-
-class MigrateSettings(DatabaseSettings):
-    """Applying the consent database's migrations."""
