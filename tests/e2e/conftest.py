@@ -33,7 +33,7 @@ def _without_consent_relay() -> list[Service]:
     ]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
 async def stack(pg_server_dsn: str, kafka_bootstrap: str) -> AsyncIterator[DevStack]:
     suffix = secrets.token_hex(4)
     names = {"consent": f"ct_{suffix}_e2e_consent", "audit": f"ct_{suffix}_e2e_audit"}

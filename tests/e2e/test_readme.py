@@ -1,0 +1,66 @@
+"""The README's quick-start commands, run as written (with curl) against the running stack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from consentry.devstack.stack import DevStack
+
+from .conftest import Relay
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_curl_commands() -> list[str]:
+    """Every `curl` command in the README's bash blocks, continuation lines joined."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    commands = []
+    for block in blocks:
+        for command in block.replace("\\\n", " ").splitlines():
+            if command.strip().startswith("curl "):
+                commands.append(command.strip())
+    return commands
+
+
+async def run(command: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-c", command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, f"{command}\n{err.decode()}"
+    return out.decode()
+
+
+async def test_readme_quick_start_works_as_written(relay: Relay, stack: DevStack) -> None:
+    assert shutil.which("curl"), "the README's examples use curl"
+    ports = {
+        "http://127.0.0.1:8001": stack.api_url("consent"),
+        "http://127.0.0.1:8002": stack.api_url("audit"),
+    }
+    commands = []
+    for documented in readme_curl_commands():
+        for default, actual in ports.items():
+            documented = documented.replace(default, actual)  # noqa: PLW2901
+        commands.append(documented)
+    give, read, verify, entries = commands
+    before = json.loads(await run(verify))["entries"]
+
+    given, listed = json.loads(await run(give)), json.loads(await run(read))
+    assert (given["purpose"], given["status"]) == ("performance", "given")
+    assert listed["consents"][0]["purpose"] == "performance"
+
+    # "A moment later the decision is in the audit chain, which anyone can verify."
+    async with asyncio.timeout(20):
+        while (report := json.loads(await run(verify)))["entries"] == before:
+            await asyncio.sleep(0.2)
+    assert report["ok"] is True
+    page = json.loads(await run(entries.replace("?limit=10", f"?after_seq={before}&limit=10")))
+    assert page["entries"][0]["subject_ref"] == listed["subject_ref"]
+    assert len(json.loads(await run(entries))["entries"]) == 10
