@@ -9,26 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import asyncpg
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from consentry.devstack.broker import BrokerError
-from consentry.devstack.pgdata import PostgresError
-from consentry.devstack.processes import ChildExitedError, ProcessNotReadyError
-from consentry.devstack.stack import DevStack, DevStackError, DevStackSettings
-
-# What can go wrong for reasons outside this program: reported in one paragraph, no traceback.
-_FAILURES = (
-    ChildExitedError,
-    ProcessNotReadyError,
-    PostgresError,
-    BrokerError,
-    DevStackError,
-    OSError,
-    asyncpg.PostgresError,
-    KafkaError,
-)
+from consentry.devstack.stack import STARTUP_FAILURES, DevStack, DevStackSettings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,7 +64,7 @@ async def _run(settings: DevStackSettings, *, log_dir: Path | None, processes: b
         task.uncancel()
         print("devstack: stopped", flush=True)
         return 0
-    except _FAILURES as err:
+    except STARTUP_FAILURES as err:
         what = "stopped because a process failed" if running else "cannot start"
         print(f"devstack: {what}:\n{err}", file=sys.stderr, flush=True)
         return 1

@@ -14,18 +14,41 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
+from aiokafka.errors import KafkaError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from consentry.devstack.broker import EmbeddedBroker, TopicSpec, create_topics
+from consentry.devstack.broker import BrokerError, EmbeddedBroker, TopicSpec, create_topics
+from consentry.devstack.pgdata import PostgresError
 from consentry.devstack.postgres import EmbeddedPostgres, ensure_database
-from consentry.devstack.processes import ProcessSpec, Supervisor, run_once
+from consentry.devstack.processes import (
+    ChildExitedError,
+    ProcessNotReadyError,
+    ProcessSpec,
+    Supervisor,
+    run_once,
+)
 from consentry.devstack.services import DEV_API_KEY, DEV_TENANT_ID, SERVICES, Service, child_env
 from consentry.devstack.spawning import free_port, port_is_free
 
 
 class DevStackError(RuntimeError):
     """The dev stack cannot start as configured (e.g. a fixed port is busy)."""
+
+
+# What can go wrong for reasons outside a program that runs the stack: worth one paragraph
+# to the person at the terminal, not a traceback.
+STARTUP_FAILURES: tuple[type[BaseException], ...] = (
+    ChildExitedError,
+    ProcessNotReadyError,
+    PostgresError,
+    BrokerError,
+    DevStackError,
+    OSError,
+    asyncpg.PostgresError,
+    KafkaError,
+)
 
 
 class DevStackSettings(BaseSettings):

@@ -35,4 +35,5 @@ def consumer(settings: KafkaSettings, group_id: str, *topics: str) -> AIOKafkaCo
         auto_offset_reset="earliest",
         isolation_level="read_uncommitted",
         max_poll_records=500,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
     )

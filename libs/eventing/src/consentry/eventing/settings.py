@@ -53,6 +53,10 @@ class KafkaSettings(ConsentrySettings):
     kafka_enable_idempotence: bool = False
     kafka_compression: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
     kafka_request_timeout_ms: int = Field(default=30_000, ge=1_000)
+    # How long the broker may hold a fetch that has no data yet. Apache Kafka answers as soon
+    # as data arrives; the development broker holds the fetch for the whole wait, so a short
+    # wait keeps end-to-end latency low on both (measured in bench/: 500 ms -> ~140 ms p50).
+    kafka_fetch_max_wait_ms: int = Field(default=20, ge=1, le=10_000)
 
 
 class SettingsError(RuntimeError):
