@@ -132,3 +132,43 @@ async def test_applies_each_event_once_dead_letters_poison_and_keeps_going(
         await pool.fetchval("SELECT count(*) FROM effects WHERE subject = $1", subject)
         == len(events) + 1
     )
+
+
+async def test_an_effect_the_database_refuses_is_dead_lettered_not_retried_forever(
+    pool: asyncpg.Pool, event_topics: str
+) -> None:
+    await effects_table(pool)
+    await pool.execute("ALTER TABLE effects ADD CONSTRAINT no_version_3 CHECK (version <> 3)")
+    tenant, subject = str(uuid.uuid4()), uuid.uuid4().hex
+    events = [consent_event(tenant, subject, version) for version in range(1, 6)]
+    producer = AIOKafkaProducer(bootstrap_servers=event_topics, acks="all")
+    await producer.start()
+    try:
+        for event in events:
+            record = encode(event)
+            await producer.send_and_wait(
+                record.topic, record.value, record.key, headers=list(record.headers)
+            )
+    finally:
+        await producer.stop()
+
+    consumer = await run_consumer(event_topics, pool, f"g-{uuid.uuid4().hex[:8]}", until=4)
+
+    versions = await pool.fetch(
+        "SELECT version FROM effects WHERE subject = $1 ORDER BY version", subject
+    )
+    assert [row["version"] for row in versions] == [1, 2, 4, 5]
+    (dead,) = await collect(
+        event_topics,
+        consumer.dead_letter_topic,
+        lambda kept: len(kept) >= 1,
+        keep=lambda r: r.key == f"{tenant}/{subject}".encode(),
+    )
+    assert header(dead, "dlq.reason") == "rejected-by-database"
+    assert header(dead, "dlq.detail") == "CheckViolationError"
+    assert header(dead, "ce_id") == events[2].id
+    # The refused event's inbox claim was rolled back with its savepoint.
+    claimed = await pool.fetchval(
+        "SELECT count(*) FROM eventing_inbox WHERE event_id = $1", events[2].id
+    )
+    assert claimed == 0

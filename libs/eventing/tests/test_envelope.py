@@ -126,6 +126,10 @@ def _replace(
         (lambda r: (r.key, b"", list(r.headers)), "schema-violation"),
         (lambda r: (r.key, r.value, [*r.headers, ("ce_id", b"again")]), "duplicate-header"),
         (
+            lambda r: (f"t/{SUBJECT}".encode(), r.value, _replace(r.headers, "ce_tenant", b"t")),
+            "invalid-tenant",
+        ),
+        (
             lambda r: (r.key, r.value, _replace(r.headers, "ce_source", b"\xff\xfe")),
             "invalid-cloudevent",
         ),

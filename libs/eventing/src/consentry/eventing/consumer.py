@@ -2,11 +2,13 @@
 
 For each batch fetched from one partition the loop opens one database transaction; every
 record gets a savepoint in which `inbox.claim` and the handler's effect run together. A record
-that cannot be decoded, or that the handler rejects with `PoisonMessage`, is rolled back to its
-savepoint and sent to the consumer's dead-letter topic with the reason in headers; the
-partition keeps moving. The transaction commits, and only then the Kafka offsets. Any other
-error (database or broker down) rolls the batch back, rewinds the partition and retries with
-backoff: nothing is skipped, and redelivery is harmless because of the inbox.
+that cannot be decoded, that the handler rejects with `PoisonMessage`, or whose effect the
+database refuses as invalid data (a data or integrity error: it would fail the same way on
+every retry) is rolled back to its savepoint and sent to the consumer's dead-letter topic with
+the reason in headers; the partition keeps moving. The transaction commits, and only then the
+Kafka offsets. A transient error (database or broker unreachable, a deadlock) rolls the batch
+back and retries the same batch with backoff: nothing is skipped, and redelivery is harmless
+because of the inbox. Any other exception is a bug: it stops the consumer loudly.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from consentry.eventing import inbox
 from consentry.eventing.db import Connection, Pool
@@ -27,6 +29,15 @@ from consentry.eventing.topics import dead_letter_topic
 log = get_logger(__name__)
 
 Handler = Callable[[Connection, ReceivedEvent], Awaitable[None]]
+
+# Errors after which the same batch may well succeed: retried, never dead-lettered.
+TRANSIENT_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    KafkaError,
+)
 
 
 def dead_letter_headers(
@@ -80,12 +91,7 @@ class EventConsumer:
                         await self._process(tp, records)
                         backoff = 0.2
                         break
-                    except (
-                        OSError,
-                        asyncpg.PostgresError,
-                        asyncpg.InterfaceError,
-                        TimeoutError,
-                    ) as exc:
+                    except TRANSIENT_ERRORS as exc:
                         log.warning("batch failed; retrying", consumer=self.name, error=repr(exc))
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, 5.0)
@@ -101,6 +107,10 @@ class EventConsumer:
             # Partitions moved to another member; it re-reads from the last commit and the
             # inbox drops what this member already applied.
             log.info("offset commit skipped after rebalance", consumer=self.name, error=repr(exc))
+        except KafkaError as exc:
+            # The next batch's commit covers these offsets; until then a restart re-reads
+            # them, which the inbox makes harmless.
+            log.warning("offset commit failed", consumer=self.name, error=repr(exc))
 
     async def _process(
         self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]
@@ -118,6 +128,10 @@ class EventConsumer:
                             self.duplicates += 1
                 except PoisonMessage as error:
                     poison.append((record, error))
+                except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as error:
+                    # Deterministic: the same record would fail the same way on every retry.
+                    reason = PoisonMessage("rejected-by-database", type(error).__name__)
+                    poison.append((record, reason))
             # Dead letters are acknowledged before the effects commit: a crash in between
             # re-sends a dead letter (harmless) rather than losing one.
             for rejected, reason in poison:

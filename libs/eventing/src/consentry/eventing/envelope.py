@@ -180,6 +180,10 @@ def decode(
     if event_type is None:
         raise PoisonMessage("unknown-type", cloud_event.get_type()[:200])
     tenant_id = str(cloud_event.get_extension(TENANT_EXTENSION))
+    try:
+        tenant_id = str(uuid.UUID(tenant_id))
+    except ValueError:
+        raise PoisonMessage("invalid-tenant", "ce_tenant is not a UUID") from None
     subject_ref = cloud_event.get_subject() or ""
     expected_key = f"{tenant_id}/{subject_ref}".encode()
     if key != expected_key:
