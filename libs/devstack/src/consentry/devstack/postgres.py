@@ -13,12 +13,11 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from consentry.devstack.child import ChildServer
 from consentry.devstack.pgdata import (
     OWNER_FILE,
     PostgresError,
@@ -29,10 +28,7 @@ from consentry.devstack.pgdata import (
 )
 from consentry.devstack.spawning import (
     death_signal_preexec,
-    free_port,
-    port_is_free,
     scratch_dir,
-    signal_group,
 )
 
 _DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -59,13 +55,17 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(f"    {line}" for line in text) or "    (empty log)"
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(ChildServer):
     """A PostgreSQL server on a free loopback port, as a child process of ours.
 
     Persistent mode keeps `data_dir` across runs (initdb only when it is new). Throw-away mode
     (`throwaway=True`, no `data_dir`) uses a temporary directory, turns durability off for
     speed, and deletes everything on stop.
     """
+
+    stop_signal = signal.SIGINT  # fast shutdown (SIGTERM would wait for every client)
+    error = PostgresError
+    what = "PostgreSQL"
 
     def __init__(
         self,
@@ -79,67 +79,17 @@ class EmbeddedPostgres:
     ) -> None:
         if throwaway == (data_dir is not None):
             raise ValueError("give a data_dir (persistent) or throwaway=True, not both")
+        super().__init__(
+            host=host, port=port, start_timeout=start_timeout, stop_timeout=stop_timeout
+        )
         self._data_dir = data_dir.resolve() if data_dir is not None else None
         self._throwaway = throwaway
-        self._host = host
-        self._port = port
-        self._start_timeout = start_timeout
-        self._stop_timeout = stop_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        self._scratch: Path | None = None  # socket dir (and data dir when throw-away)
-        self._dsn: str | None = None
+        # self._scratch holds the socket dir (and the data dir when throw-away)
 
     @property
     def dsn(self) -> str:
         """Server DSN (`postgresql://postgres@127.0.0.1:PORT/postgres`) once started."""
-        if self._dsn is None:
-            raise PostgresError("the embedded PostgreSQL is not started")
-        return self._dsn
-
-    @property
-    def pid(self) -> int | None:
-        """Pid of the postmaster (also its process-group id) while running."""
-        return self._proc.pid if self._proc is not None else None
-
-    def start(self) -> str:
-        """Initialise the data directory if new, start PostgreSQL, return the server DSN."""
-        if self._proc is not None:
-            return self.dsn
-        try:
-            return self._start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT), SIGKILL the group after the timeout; drop throw-away data."""
-        proc, self._proc, self._dsn = self._proc, None, None
-        if proc is not None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(self._stop_timeout)
-            except subprocess.TimeoutExpired:
-                signal_group(proc.pid, signal.SIGKILL)  # the postmaster and its backends
-                proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-            self._scratch = None
-
-    def __enter__(self) -> EmbeddedPostgres:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return self.address
 
     def _start(self) -> str:
         bin_dir = postgres_bin_dir()
@@ -155,15 +105,9 @@ class EmbeddedPostgres:
         stop_leftovers(data)
         if not (data / "PG_VERSION").exists():
             self._initdb(bin_dir, data, user)
-        for attempt in range(3):
-            port = self._port or free_port(self._host)
-            if not port_is_free(self._host, port):
-                raise PostgresError(f"port {port} on {self._host} is busy (use port=0 for any)")
-            if self._spawn(bin_dir, data, user, port):
-                self._dsn = f"postgresql://postgres@{self._host}:{port}/postgres"
-                return self._dsn
-            if self._port or attempt == 2:  # a fixed port, or the last try: report the log
-                break
+        port = self._spawn_on_a_port(lambda port: self._spawn(bin_dir, data, user, port))
+        if port is not None:
+            return f"postgresql://postgres@{self._host}:{port}/postgres"
         log = data / _LOG_NAME
         raise PostgresError(f"postgres failed to start; log {log}:\n{_tail(log)}")
 
@@ -192,9 +136,7 @@ class EmbeddedPostgres:
     def _spawn(self, bin_dir: Path, data: Path, user: pwd.struct_passwd | None, port: int) -> bool:
         """Start the postmaster; True once it accepts connections, False if it exited."""
         assert self._scratch is not None
-        if self._log is not None:
-            self._log.close()
-        self._log = (data / _LOG_NAME).open("wb")
+        output = self._open_log(data / _LOG_NAME)
         (data / OWNER_FILE).write_text(str(os.getpid()))
         argv = [str(bin_dir / "postgres"), "-D", str(data), "-h", self._host, "-p", str(port)]
         argv += ["-k", str(self._scratch), "-c", "max_connections=200"]
@@ -204,7 +146,7 @@ class EmbeddedPostgres:
         self._proc = subprocess.Popen(  # noqa: S603
             argv,
             stdin=subprocess.DEVNULL,
-            stdout=self._log,
+            stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             # SIGINT = fast shutdown: clients disconnected, clean checkpoint.
