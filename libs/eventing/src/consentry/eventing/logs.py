@@ -67,6 +67,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     # consentry.httpapi logs requests by route template instead.
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("aiokafka").setLevel(max(numeric, logging.WARNING))
+    # HTTP clients log full URLs, which may carry identifiers: warnings and errors only.
+    for client in ("httpx", "httpcore"):
+        logging.getLogger(client).setLevel(max(numeric, logging.WARNING))
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

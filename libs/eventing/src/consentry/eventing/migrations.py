@@ -1,7 +1,8 @@
 """A small SQL migrations runner for asyncpg.
 
 Each service keeps plain, numbered `.sql` files inside its package
-(`NNNN_description.sql`); `migrate` applies the ones not yet recorded in
+(`NNNN_description.sql`, in a `migrations/` folder; the shared eventing tables in
+`consentry/eventing/sql/`); `migrate` applies the ones not yet recorded in
 `schema_migrations`, each in its own transaction, under an advisory lock so that several
 processes starting at once apply each migration exactly once. An applied file whose content
 changed is refused (its checksum no longer matches).
@@ -67,7 +68,7 @@ def load(namespace: str, package: str, folder: str = "migrations") -> list[Migra
 
 def eventing_migrations() -> list[Migration]:
     """The outbox/inbox tables every service database carries."""
-    return load("eventing", "consentry.eventing")
+    return load("eventing", "consentry.eventing", folder="sql")
 
 
 def service_migrations(namespace: str, package: str) -> list[Migration]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -62,19 +63,25 @@ class BodySizeLimit:
             await _too_large(send, self.max_bytes)
             return
         received = 0
+        exceeded = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    exceeded = True
                     raise _BodyTooLargeError
             return message
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLargeError:
+        async def guarded_send(message: Message) -> None:
+            if not exceeded:  # drop whatever the app answers to a body it never got whole
+                await send(message)
+
+        with contextlib.suppress(_BodyTooLargeError):
+            await self.app(scope, limited_receive, guarded_send)
+        if exceeded:
             await _too_large(send, self.max_bytes)
 
 

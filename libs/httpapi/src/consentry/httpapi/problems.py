@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -56,6 +57,13 @@ class Problem(Exception):  # noqa: N818 - RFC 9457's own name
         self.extensions = extensions
 
 
+def route_template(request: Request) -> str | None:
+    """The matched route's template (`/v1/subjects/{subject_id}/…`), never the raw path,
+    which may hold a subject identifier."""
+    template = getattr(request.scope.get("route"), "path", None)
+    return template if isinstance(template, str) else None
+
+
 def problem_response(
     request: Request,
     status: int,
@@ -70,7 +78,7 @@ def problem_response(
         "type": TYPE_PREFIX + slug,
         "title": title,
         "status": status,
-        "instance": request.scope.get("route_template") or None,
+        "instance": route_template(request),
     }
     if detail:
         body["detail"] = detail
@@ -111,8 +119,32 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, exc.status_code, slug, title, detail, headers)
 
 
+# The database (or the network to it) is down or saturated: try again shortly.
+UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+RETRY_AFTER_SECONDS = 1
+
+
+async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("dependency unavailable", route=route_template(request), error=repr(exc))
+    return problem_response(
+        request,
+        503,
+        "unavailable",
+        "Service temporarily unavailable",
+        "a dependency did not answer; nothing was recorded, retry the request",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", route=request.scope.get("route_template"))
+    log.exception("unhandled error", route=route_template(request))
     return problem_response(request, 500, "internal-error", "Internal error")
 
 
@@ -121,4 +153,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
+    for error in UNAVAILABLE:
+        app.add_exception_handler(error, _on_unavailable)
     app.add_exception_handler(Exception, _on_unexpected)
