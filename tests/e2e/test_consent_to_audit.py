@@ -177,7 +177,7 @@ async def test_poison_is_dead_lettered_and_the_appender_keeps_going(
         lambda kept: len(kept) >= 2,
         keep=lambda r: r.key == poison_key,
     )
-    assert sorted(header(r, "dlq.reason") for r in dead) == ["key-mismatch", "missing-headers"]
+    assert sorted(header(r, "dlq.reason") for r in dead) == ["invalid-tenant", "missing-headers"]
     assert all(header(r, "dlq.topic") == topics.CONSENT for r in dead)
 
 
