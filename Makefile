@@ -17,7 +17,7 @@ PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproje
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install proto lint fmt test test-faults run bench clean
+.PHONY: help install proto lint fmt test run bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'

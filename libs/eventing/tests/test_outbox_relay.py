@@ -129,3 +129,29 @@ async def test_running_relay_wakes_on_commit_and_only_one_is_active(
         stop.set()
         await asyncio.gather(*tasks)
         await producer.stop()
+
+
+async def test_relay_polls_when_no_notification_arrives(
+    database: str, pool: asyncpg.Pool, event_topics: str
+) -> None:
+    await pool.execute("ALTER TABLE eventing_outbox DISABLE TRIGGER eventing_outbox_notify")
+    producer = AIOKafkaProducer(bootstrap_servers=event_topics, acks="all")
+    await producer.start()
+    stop = asyncio.Event()
+    relay_ = OutboxRelay(database, producer, RelayOptions(poll_interval=0.2))
+    task = asyncio.create_task(relay_.run(stop))
+    try:
+        await asyncio.sleep(0.5)
+        async with pool.acquire() as conn, conn.transaction():
+            await outbox.add(conn, consent_event(TENANT, uuid.uuid4().hex, 1))
+        async with asyncio.timeout(10):
+            while relay_.published < 1:
+                await asyncio.sleep(0.05)
+        assert (
+            await pool.fetchval("SELECT count(*) FROM eventing_outbox WHERE published_at IS NULL")
+            == 0
+        )
+    finally:
+        stop.set()
+        await task
+        await producer.stop()
