@@ -5,16 +5,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import TypeVar
 
+import asyncpg
 import typer
 from fastapi import APIRouter, FastAPI
 
+from consentry.eventing import relay
 from consentry.eventing.db import Pool, create_pool
 from consentry.eventing.logs import configure_logging
 from consentry.eventing.migrations import Migration, migrate_dsn
 from consentry.eventing.process import run_worker
-from consentry.eventing.settings import ConsentrySettings, DatabaseSettings, load_settings
+from consentry.eventing.settings import (
+    ConsentrySettings,
+    DatabaseSettings,
+    SettingsError,
+    load_settings,
+)
 from consentry.httpapi.auth import DevKeyResolver
 from consentry.httpapi.server import DevAuthSettings, HttpSettings, harden, health_router, serve
 
@@ -28,8 +36,19 @@ class MigrateSettings(DatabaseSettings):
 
 
 Startup = Callable[[FastAPI, Pool], Awaitable[None]]
+S = TypeVar("S", bound=ConsentrySettings)
 A = TypeVar("A", bound=ServiceApiSettings)
-W = TypeVar("W", bound=ConsentrySettings)
+
+
+def cli_settings(settings_class: type[S]) -> S:
+    """Load a command's settings and configure logging; a bad setting exits 2 with one line."""
+    try:
+        settings = load_settings(settings_class)
+    except SettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
 
 
 def create_service_app(
@@ -82,15 +101,13 @@ def service_cli(
     @cli.command()
     def api() -> None:
         """Serve the HTTP API."""
-        settings = load_settings(api_settings)
-        configure_logging(settings.log_level, settings.log_format)
+        settings = cli_settings(api_settings)
         serve(create_app(settings), settings)
 
     @cli.command()
     def migrate() -> None:
         """Apply the database's migrations."""
-        settings = load_settings(MigrateSettings)
-        configure_logging(settings.log_level, settings.log_format)
+        settings = cli_settings(MigrateSettings)
         applied = asyncio.run(migrate_dsn(settings.database_url, migrations()))
         typer.echo(f"{service} database: {len(applied)} migration(s) applied")
 
@@ -100,15 +117,40 @@ def service_cli(
 def add_worker(
     cli: typer.Typer,
     name: str,
-    settings_class: type[W],
-    run: Callable[[W, asyncio.Event], Awaitable[None]],
+    settings_class: type[S],
+    run: Callable[[S, asyncio.Event], Awaitable[None]],
     help_text: str,
 ) -> None:
     """Add a long-running worker command: load settings, log, run until SIGTERM/SIGINT."""
 
     def command() -> None:
-        settings = load_settings(settings_class)
-        configure_logging(settings.log_level, settings.log_format)
+        settings = cli_settings(settings_class)
         run_worker(lambda stop: run(settings, stop))
 
     cli.command(name, help=help_text)(command)
+
+
+def add_replay(cli: typer.Typer) -> None:
+    """Add `replay --since T`: re-publish retained outbox events (e.g. after broker data loss)."""
+
+    @cli.command()
+    def replay(
+        since: datetime = typer.Option(  # noqa: B008
+            ...,
+            formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"],
+            help="re-publish events created at or after this time (UTC unless an offset)",
+        ),
+    ) -> None:
+        """Queue retained outbox events for re-publication; the running relay sends them."""
+        settings = cli_settings(MigrateSettings)
+        moment = since if since.tzinfo else since.replace(tzinfo=UTC)
+        count = asyncio.run(_replay(settings.database_url, moment))
+        typer.echo(f"{count} event(s) queued for re-publication since {moment.isoformat()}")
+
+
+async def _replay(dsn: str, since: datetime) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await relay.replay(conn, since)
+    finally:
+        await conn.close()

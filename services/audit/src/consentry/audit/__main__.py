@@ -14,10 +14,8 @@ from consentry.audit.chain.models import ChainReport
 from consentry.audit.chain.service import verify_all, verify_tenant
 from consentry.audit.settings import ApiSettings, AppenderSettings, DatabaseOnlySettings
 from consentry.audit.worker import run_appender
-from consentry.eventing.logs import configure_logging
 from consentry.eventing.migrations import Migration, service_migrations
-from consentry.eventing.settings import load_settings
-from consentry.httpapi.service import add_worker, service_cli
+from consentry.httpapi.service import add_worker, cli_settings, service_cli
 
 
 def migrations() -> list[Migration]:
@@ -50,8 +48,7 @@ def verify(
     tenant: UUID | None = typer.Option(None, help="verify only this tenant's chain"),  # noqa: B008
 ) -> None:
     """Walk every chain (or one tenant's); report OK or the first broken entry (exit 1)."""
-    settings = load_settings(DatabaseOnlySettings)
-    configure_logging(settings.log_level, "console")
+    settings = cli_settings(DatabaseOnlySettings)
     reports = asyncio.run(_verify(settings.database_url, tenant))
     for report in reports:
         if report.ok:

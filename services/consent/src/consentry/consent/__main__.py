@@ -1,4 +1,4 @@
-"""`python -m consentry.consent api|relay|migrate`: the consent service's processes."""
+"""`python -m consentry.consent api|relay|migrate|replay`: the consent service's processes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from consentry.consent.app import create_app
 from consentry.consent.settings import ApiSettings, RelaySettings
 from consentry.consent.worker import run_relay
 from consentry.eventing.migrations import Migration, service_migrations
-from consentry.httpapi.service import add_worker, service_cli
+from consentry.httpapi.service import add_replay, add_worker, service_cli
 
 
 def migrations() -> list[Migration]:
@@ -18,6 +18,8 @@ cli = service_cli("consent", api_settings=ApiSettings, create_app=create_app, mi
 
 
 add_worker(cli, "relay", RelaySettings, run_relay, "Publish the consent outbox to Kafka.")
+add_replay(cli)
+
 
 if __name__ == "__main__":
     cli()
