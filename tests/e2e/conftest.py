@@ -44,8 +44,9 @@ async def stack(pg_server_dsn: str, kafka_bootstrap: str) -> AsyncIterator[DevSt
         audit_port=0,
     )
     try:
+        # app_roles: the audit processes run with the restricted role even on a real server.
         async with DevStack(
-            settings, services=_without_consent_relay(), database_names=names
+            settings, services=_without_consent_relay(), database_names=names, app_roles=True
         ) as stack:
             yield stack
     finally:

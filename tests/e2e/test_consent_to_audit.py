@@ -124,6 +124,12 @@ async def test_consents_reach_the_audit_chain_in_per_subject_order(
         blobs = b"".join(
             row["entry"] for row in await conn.fetch("SELECT entry FROM audit_entries")
         )
+        # The appender and the API are logged in with the append-only role, not as the owner.
+        users = await conn.fetch(
+            "SELECT DISTINCT usename FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert {row["usename"] for row in users} == {"consentry_audit_app"}
     finally:
         await conn.close()
     records = await collect(

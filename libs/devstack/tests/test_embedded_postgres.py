@@ -20,6 +20,7 @@ from consentry.devstack.postgres import (
     drop_database,
     ensure_database,
     postgres_bin_dir,
+    with_user,
 )
 from consentry.devstack.pytest_plugin import FreshDatabase
 from consentry.devstack.spawning import free_port
@@ -175,3 +176,12 @@ async def test_fresh_database_fixture(fresh_database: FreshDatabase, pg_server_d
     assert name.endswith("_consent")
     with pytest.raises(ValueError, match="label"):
         await fresh_database("Bad-Label")
+
+
+def test_with_user_replaces_only_the_user() -> None:
+    assert with_user("postgresql://postgres@127.0.0.1:5432/db?x=1", "app") == (
+        "postgresql://app@127.0.0.1:5432/db?x=1"
+    )
+    assert with_user("postgresql://owner:pw@h/db", "app") == "postgresql://app@h/db"
+    with pytest.raises(ValueError, match="invalid database name"):
+        with_user("postgresql://h/db", "bad role")

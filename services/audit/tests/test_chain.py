@@ -7,6 +7,7 @@ import os
 import sys
 import uuid
 from asyncio.subprocess import PIPE, STDOUT
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -168,3 +169,39 @@ async def run_cli(env: dict[str, str]) -> tuple[int, str]:
     )
     output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
     return process.returncode or 0, output.decode()
+
+
+@pytest.fixture
+async def app_conn(audit_db: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection with the application's rights: a login role in consentry_audit_writer."""
+    role = f"ct_app_{uuid.uuid4().hex[:8]}"
+    owner = await asyncpg.connect(audit_db)
+    await owner.execute(f"CREATE ROLE {role} LOGIN IN ROLE consentry_audit_writer")
+    conn = await asyncpg.connect(audit_db, user=role)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+        await owner.execute(f"DROP ROLE {role}")
+        await owner.close()
+
+
+async def test_the_application_role_can_append_and_read_but_never_change(
+    app_conn: asyncpg.Connection,
+) -> None:
+    async with app_conn.transaction():
+        seq = await append_event(app_conn, received(TENANT_A, "ab" * 32, 1))
+    assert seq == 1
+    assert await app_conn.fetchval("SELECT count(*) FROM audit_entries") == 1
+    assert (await verify_tenant(app_conn, TENANT_A)).ok
+    for statement in (
+        "UPDATE audit_entries SET entry = '\\x00'",
+        "DELETE FROM audit_entries",
+        "TRUNCATE audit_entries",
+        "INSERT INTO audit_entries SELECT * FROM audit_entries",
+        "UPDATE audit_chain_heads SET seq = 0",
+        "ALTER TABLE audit_entries DISABLE TRIGGER audit_entries_no_update_delete",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await app_conn.execute(statement)
+    assert (await verify_tenant(app_conn, TENANT_A)).ok

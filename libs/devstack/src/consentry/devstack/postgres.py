@@ -189,6 +189,24 @@ def database_dsn(server_dsn: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + _checked_name(name)))
 
 
+def with_user(dsn: str, user: str) -> str:
+    """`dsn` with its user replaced by `user` (no password: trust or peer authentication)."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{_checked_name(user)}@{host}"))
+
+
+async def ensure_login_role(dsn: str, login: str, member_of: str) -> None:
+    """Create the login role `login` unless it exists and make it a member of `member_of`."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        with contextlib.suppress(asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
+            await conn.execute(f"CREATE ROLE {_checked_name(login)} LOGIN")
+        await conn.execute(f"GRANT {_checked_name(member_of)} TO {_checked_name(login)}")
+    finally:
+        await conn.close()
+
+
 def _checked_name(name: str) -> str:
     if not _DATABASE_NAME.match(name):
         raise ValueError(f"invalid database name {name!r} (want {_DATABASE_NAME.pattern})")

@@ -39,6 +39,15 @@ class ServiceProcess:
 
 
 @dataclass(frozen=True)
+class AppRole:
+    """The login role a service's processes use instead of the database owner, and the group
+    role (created by the service's migrations) that holds its rights."""
+
+    login: str
+    member_of: str
+
+
+@dataclass(frozen=True)
 class Service:
     """A service: its own database, the topics it needs, its migration and its processes."""
 
@@ -47,6 +56,7 @@ class Service:
     topics: tuple[str, ...]
     migrate: tuple[str, ...]
     processes: tuple[ServiceProcess, ...]
+    app_role: AppRole | None = None  # None: the processes connect as the database owner
 
     @property
     def http(self) -> ServiceProcess | None:
@@ -81,6 +91,8 @@ SERVICES: tuple[Service, ...] = (
             ServiceProcess("appender", _module("audit", "appender")),
             ServiceProcess("api", _module("audit", "api"), ready_path=READY_PATH),
         ),
+        # The audit log is append-only for its own processes: they may only call audit_append().
+        app_role=AppRole(login="consentry_audit_app", member_of="consentry_audit_writer"),
     ),
 )
 

@@ -21,7 +21,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consentry.devstack.broker import BrokerError, EmbeddedBroker, TopicSpec, create_topics
 from consentry.devstack.pgdata import PostgresError
-from consentry.devstack.postgres import EmbeddedPostgres, ensure_database
+from consentry.devstack.postgres import (
+    EmbeddedPostgres,
+    ensure_database,
+    ensure_login_role,
+    with_user,
+)
 from consentry.devstack.processes import (
     ChildExitedError,
     ProcessNotReadyError,
@@ -96,6 +101,7 @@ class DevStack:
         services: Sequence[Service] = SERVICES,
         start_processes: bool = True,
         run_migrations: bool = True,
+        app_roles: bool | None = None,
         throwaway: bool = False,
         database_names: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
@@ -105,6 +111,7 @@ class DevStack:
         self.services = tuple(services)
         self._start_processes = start_processes
         self._run_migrations = run_migrations
+        self._app_roles = app_roles
         self._throwaway = throwaway
         self._database_names = dict(database_names or {})
         self._log_dir = log_dir
@@ -114,6 +121,7 @@ class DevStack:
         self._server_dsn: str | None = None
         self._bootstrap: str | None = None
         self._database_dsns: dict[str, str] = {}
+        self._process_dsns: dict[str, str] = {}  # as the service's app role, where it has one
         self._ports: dict[str, int] = {}
         self._embedded: list[str] = []
 
@@ -152,7 +160,10 @@ class DevStack:
         )
         kafka = "embedded Tansu, memory storage: topics and messages are lost on stop"
         rows = [("PostgreSQL", redact(self.server_dsn), pg if "postgres" in self._embedded else "")]
-        rows += [(f"  {name}", redact(dsn), "") for name, dsn in self._database_dsns.items()]
+        rows += [
+            (f"  {name}", redact(dsn), self._role_note(name))
+            for name, dsn in self._database_dsns.items()
+        ]
         rows.append(("Kafka broker", self.bootstrap, kafka if "broker" in self._embedded else ""))
         for name in self._ports:
             url = self.api_url(name)
@@ -205,9 +216,10 @@ class DevStack:
             self._database_dsns[service.name] = await ensure_database(self.server_dsn, database)
         if self._run_migrations:
             for service in self.services:
-                env = self._env(service, http=False)
+                env = self._env(service, http=False, owner=True)
                 spec = ProcessSpec(f"{service.name}.migrate", list(service.migrate), env)
                 await run_once(spec, out=self._out)
+            await self._create_app_roles()
         if self._start_processes:
             self._supervisor = Supervisor(out=self._out, log_dir=self._log_dir)
             self._exit.push_async_callback(self._supervisor.stop)
@@ -226,9 +238,28 @@ class DevStack:
                 )
             self._ports[service.name] = port
 
-    def _env(self, service: Service, *, http: bool) -> dict[str, str]:
+    def _role_note(self, service: str) -> str:
+        process_dsn = self._process_dsns.get(service)
+        if process_dsn is None:
+            return ""
+        return f"its processes log in as {urlsplit(process_dsn).username} (restricted)"
+
+    async def _create_app_roles(self) -> None:
+        """Log the processes in as their service's restricted role (embedded PostgreSQL by
+        default, where we set the authentication; `app_roles=True` forces it elsewhere)."""
+        wanted = "postgres" in self._embedded if self._app_roles is None else self._app_roles
+        for service in self.services:
+            role = service.app_role
+            if role is None or not wanted:
+                continue
+            dsn = self.database_dsn(service.name)
+            await ensure_login_role(dsn, role.login, role.member_of)
+            self._process_dsns[service.name] = with_user(dsn, role.login)
+
+    def _env(self, service: Service, *, http: bool, owner: bool = False) -> dict[str, str]:
+        own = self.database_dsn(service.name)
         return child_env(
-            database_dsn=self.database_dsn(service.name),
+            database_dsn=own if owner else self._process_dsns.get(service.name, own),
             bootstrap=self.bootstrap,
             http_host=self.settings.http_host,
             http_port=self._ports[service.name] if http else None,
