@@ -43,6 +43,9 @@ async def stack(pg_server_dsn: str, kafka_bootstrap: str) -> AsyncIterator[DevSt
         consent_port=0,
         audit_port=0,
     )
+    # Checkpoint quickly: the children inherit this process's environment.
+    previous = os.environ.get("CONSENTRY_AUDIT_CHECKPOINT_INTERVAL_SECONDS")
+    os.environ["CONSENTRY_AUDIT_CHECKPOINT_INTERVAL_SECONDS"] = "0.5"
     try:
         # app_roles: the audit processes run with the restricted role even on a real server.
         async with DevStack(
@@ -50,6 +53,10 @@ async def stack(pg_server_dsn: str, kafka_bootstrap: str) -> AsyncIterator[DevSt
         ) as stack:
             yield stack
     finally:
+        if previous is None:
+            os.environ.pop("CONSENTRY_AUDIT_CHECKPOINT_INTERVAL_SECONDS", None)
+        else:
+            os.environ["CONSENTRY_AUDIT_CHECKPOINT_INTERVAL_SECONDS"] = previous
         for name in names.values():
             await drop_database(pg_server_dsn, name)
 

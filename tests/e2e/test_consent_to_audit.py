@@ -13,6 +13,7 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from consentry.audit.v1 import audit_pb2
 from consentry.consent.v1 import consent_pb2
@@ -266,3 +267,27 @@ async def test_tampering_with_one_entry_is_reported_at_that_entry(
         assert (await audit_api.get("/v1/audit/verify")).json()["ok"] is True
     finally:
         await conn.close()
+
+
+async def test_the_appender_signs_checkpoints_that_verify_with_the_published_keys(
+    relay: Relay, consent_api: httpx.AsyncClient, audit_api: httpx.AsyncClient
+) -> None:
+    subject = f"checkpoint-{secrets.token_hex(3)}"
+    await decide(consent_api, subject, "performance", "given")
+    ref = await subject_ref(consent_api, subject)
+    (entry,) = await wait_for_entries(audit_api, {ref}, 1)
+    async with asyncio.timeout(20):  # a checkpoint at least every 0.5 s while the tree grows
+        while True:
+            response = await audit_api.get("/v1/audit/checkpoints/latest")
+            if response.status_code == 200 and response.json()["tree_size"] >= entry["seq"]:
+                break
+            await asyncio.sleep(0.2)
+    latest = response.json()
+    jwks = (await audit_api.get("/v1/audit/keys", headers={"Authorization": ""})).json()
+    (key,) = [k for k in jwks["keys"] if k["kid"] == latest["key_id"]]
+    body = (
+        f"consentry.audit/{latest['tenant_id']}\n{latest['tree_size']}\n"
+        f"{base64.b64encode(bytes.fromhex(latest['root_hash'])).decode()}\n{latest['timestamp']}\n"
+    ).encode()
+    public = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(key["x"] + "=="))
+    public.verify(base64.urlsafe_b64decode(latest["signature"] + "=="), body)

@@ -26,6 +26,9 @@ ENV_DEV_TENANT_ID = "CONSENTRY_DEV_TENANT_ID"
 ENVIRONMENT = "development"
 DEV_API_KEY = "consentry-dev-key"  # well-known: accepted in development only
 DEV_TENANT_ID = "00000000-0000-4000-8000-000000000001"
+ENV_AUDIT_SIGNING_KEY = "CONSENTRY_AUDIT_SIGNING_KEY"
+# Well-known: accepted in development only (the audit appender refuses it elsewhere).
+DEV_AUDIT_SIGNING_KEY = "Z3XNQzSEBIoBrWruiiOqxE6MDT7qYrL7AEH9JlpaW8E="
 READY_PATH = "/healthz"
 
 
@@ -107,6 +110,7 @@ def child_env(
         ENV_ENVIRONMENT: ENVIRONMENT,
         ENV_DEV_API_KEY: DEV_API_KEY,
         ENV_DEV_TENANT_ID: DEV_TENANT_ID,
+        ENV_AUDIT_SIGNING_KEY: DEV_AUDIT_SIGNING_KEY,
     }
     if http_port is not None:
         env |= {ENV_HTTP_HOST: http_host, ENV_HTTP_PORT: str(http_port)}

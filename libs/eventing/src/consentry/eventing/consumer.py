@@ -29,6 +29,8 @@ from consentry.eventing.topics import dead_letter_topic
 log = get_logger(__name__)
 
 Handler = Callable[[Connection, ReceivedEvent], Awaitable[None]]
+# Runs at the end of a batch's transaction with the events applied in it.
+BatchHook = Callable[[Connection, Sequence[ReceivedEvent]], Awaitable[None]]
 
 # Errors after which the same batch may well succeed: retried, never dead-lettered.
 TRANSIENT_ERRORS = (
@@ -69,8 +71,11 @@ class EventConsumer:
         producer: AIOKafkaProducer,
         pool: Pool,
         handler: Handler,
+        *,
+        on_batch_end: BatchHook | None = None,
     ) -> None:
         self.name = name
+        self._on_batch_end = on_batch_end
         self.dead_letter_topic = dead_letter_topic(name)
         self._consumer = kafka_consumer
         self._producer = producer
@@ -116,6 +121,7 @@ class EventConsumer:
         self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]
     ) -> None:
         poison: list[tuple[ConsumerRecord[bytes, bytes], PoisonMessage]] = []
+        applied: list[ReceivedEvent] = []
         async with self._pool.acquire() as conn, conn.transaction():
             for record in records:
                 try:
@@ -123,6 +129,7 @@ class EventConsumer:
                     async with conn.transaction():  # savepoint: one record's claim + effect
                         if await inbox.claim(conn, self.name, event.id):
                             await self._handler(conn, event)
+                            applied.append(event)
                             self.applied += 1
                         else:
                             self.duplicates += 1
@@ -132,6 +139,8 @@ class EventConsumer:
                     # Deterministic: the same record would fail the same way on every retry.
                     reason = PoisonMessage("rejected-by-database", type(error).__name__)
                     poison.append((record, reason))
+            if applied and self._on_batch_end is not None:
+                await self._on_batch_end(conn, applied)
             # Dead letters are acknowledged before the effects commit: a crash in between
             # re-sends a dead letter (harmless) rather than losing one.
             for rejected, reason in poison:

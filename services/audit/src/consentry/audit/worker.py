@@ -1,4 +1,5 @@
-"""The audit appender: consumes every event topic and appends each event to its chain.
+"""The audit appender: consumes every event topic, appends each event to its tenant's chain,
+and signs checkpoints of each tenant's Merkle tree every N entries or T seconds.
 
 An aiokafka consumer (not a faust agent): see docs/adr/0003-audit-appender-consumer.md.
 """
@@ -6,16 +7,66 @@ An aiokafka consumer (not a faust agent): see docs/adr/0003-audit-appender-consu
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Sequence
+from datetime import timedelta
+from uuid import UUID
 
+from consentry.audit.chain import checkpoints
 from consentry.audit.chain.service import append_event
-from consentry.audit.settings import AppenderSettings
+from consentry.audit.settings import AppenderSettings, seed_bytes
 from consentry.eventing import kafka, topics
-from consentry.eventing.consumer import EventConsumer
-from consentry.eventing.db import Connection, create_pool
+from consentry.eventing.consumer import TRANSIENT_ERRORS, EventConsumer
+from consentry.eventing.db import Connection, Pool, create_pool
 from consentry.eventing.envelope import ReceivedEvent
+from consentry.eventing.logs import get_logger
 
 # Every topic whose events the audit log records.
 AUDITED_TOPICS = (topics.CONSENT,)
+log = get_logger(__name__)
+
+
+class Checkpointer:
+    """Signs checkpoints: at the end of each batch for the tenants it touched (every N
+    entries), and on a timer for tenants with entries older than T and no checkpoint."""
+
+    def __init__(
+        self, pool: Pool, signer: checkpoints.Signer, *, every: int, interval: float
+    ) -> None:
+        self._pool = pool
+        self._signer = signer
+        self._every = every
+        self._interval = timedelta(seconds=interval)
+
+    async def after_batch(self, conn: Connection, events: Sequence[ReceivedEvent]) -> None:
+        """Checkpoint the batch's tenants whose trees grew by N (inside the batch transaction)."""
+        for tenant in sorted({event.tenant_id for event in events}):
+            await checkpoints.checkpoint(
+                conn, self._signer, UUID(tenant), every=self._every, interval=self._interval
+            )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Checkpoint quiet tenants every so often until `stop` is set."""
+        tick = min(self._interval.total_seconds(), 1.0)
+        while not stop.is_set():
+            try:
+                async with self._pool.acquire() as conn:
+                    due = await checkpoints.due_tenants(
+                        conn, every=self._every, interval=self._interval
+                    )
+                    for tenant in due:
+                        async with conn.transaction():
+                            await checkpoints.checkpoint(
+                                conn,
+                                self._signer,
+                                tenant,
+                                every=self._every,
+                                interval=self._interval,
+                            )
+            except TRANSIENT_ERRORS as exc:
+                log.warning("checkpointing failed; retrying", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=tick)
 
 
 async def _append(conn: Connection, event: ReceivedEvent) -> None:
@@ -23,16 +74,37 @@ async def _append(conn: Connection, event: ReceivedEvent) -> None:
 
 
 async def run_appender(settings: AppenderSettings, stop: asyncio.Event) -> None:
-    """Append events to the audit chain until `stop` is set."""
+    """Append events to the audit chain, and checkpoint it, until `stop` is set."""
     pool = await create_pool(settings)
+    signer = checkpoints.Signer.from_seed(
+        seed_bytes(settings.audit_signing_key), settings.audit_signing_key_id
+    )
+    async with pool.acquire() as conn:
+        await checkpoints.register(conn, signer)
+    checkpointer = Checkpointer(
+        pool,
+        signer,
+        every=settings.audit_checkpoint_every,
+        interval=settings.audit_checkpoint_interval_seconds,
+    )
     producer = kafka.producer(settings, "-audit-dlq")
     consumer = kafka.consumer(settings, settings.appender_group_id, *AUDITED_TOPICS)
     await producer.start()
     await consumer.start()
+    timer = asyncio.create_task(checkpointer.run(stop))
     try:
-        appender = EventConsumer(settings.appender_group_id, consumer, producer, pool, _append)
+        appender = EventConsumer(
+            settings.appender_group_id,
+            consumer,
+            producer,
+            pool,
+            _append,
+            on_batch_end=checkpointer.after_batch,
+        )
         await appender.run(stop)
     finally:
+        stop.set()
+        await timer
         await consumer.stop()
         await producer.stop()
         await pool.close()

@@ -45,3 +45,32 @@ class AuditEntryPage(BaseModel):
 
     entries: list[AuditEntryOut]
     next_after_seq: int | None
+
+
+class CheckpointOut(BaseModel):
+    """A signed checkpoint: the signature (Ed25519, base64url) covers the body described in
+    docs/audit-formats.md, built from tenant_id, tree_size, root_hash and timestamp."""
+
+    tenant_id: str
+    tree_size: int
+    root_hash: str = Field(description="hex Merkle tree hash (RFC 6962) at tree_size")
+    timestamp: str = Field(description="RFC 3339, UTC, seconds")
+    key_id: str
+    signature: str = Field(description="base64url (no padding) Ed25519 signature")
+
+
+class Jwk(BaseModel):
+    """One Ed25519 public key (RFC 8037)."""
+
+    kty: str = "OKP"
+    crv: str = "Ed25519"
+    kid: str
+    x: str = Field(description="base64url (no padding) raw public key")
+    alg: str = "EdDSA"
+    use: str = "sig"
+
+
+class Jwks(BaseModel):
+    """Every key that ever signed a checkpoint: old checkpoints stay verifiable."""
+
+    keys: list[Jwk]

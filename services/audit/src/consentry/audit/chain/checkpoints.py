@@ -1,0 +1,112 @@
+"""Signed checkpoints: a tenant's tree size and Merkle root, signed with Ed25519.
+
+The signed body follows the C2SP tlog-checkpoint "signed note" shape (see
+docs/audit-formats.md): origin line, tree size, base64 root hash, timestamp. Public keys are
+kept in the database for ever, so old checkpoints stay verifiable after a key rotation.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from consentry.eventing.db import Connection
+
+_LOCK_HEAD = "SELECT * FROM audit_lock_head($1)"
+_ADD = "SELECT audit_add_checkpoint($1, $2, $3, $4, $5, $6)"
+_REGISTER = "SELECT audit_register_key($1, $2)"
+_DUE = """
+SELECT h.tenant_id FROM audit_chain_heads h
+LEFT JOIN LATERAL (
+    SELECT tree_size, checkpoint_time FROM audit_checkpoints c
+    WHERE c.tenant_id = h.tenant_id ORDER BY tree_size DESC LIMIT 1
+) c ON true
+WHERE h.seq > coalesce(c.tree_size, 0)
+  AND (h.seq - coalesce(c.tree_size, 0) >= $1 OR coalesce(c.checkpoint_time, '-infinity') <= $2)
+"""
+
+
+def checkpoint_body(tenant_id: str, tree_size: int, root_hash: bytes, timestamp: str) -> bytes:
+    """The exact bytes a checkpoint's signature covers."""
+    root = base64.b64encode(root_hash).decode()
+    return f"consentry.audit/{tenant_id}\n{tree_size}\n{root}\n{timestamp}\n".encode()
+
+
+def rfc3339(moment: datetime) -> str:
+    """UTC, second precision, `Z` suffix: the checkpoint's timestamp line."""
+    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Signer:
+    """The appender's signing key and its id (derived from the public key unless given)."""
+
+    private_key: Ed25519PrivateKey
+    key_id: str
+
+    @classmethod
+    def from_seed(cls, seed: bytes, key_id: str | None = None) -> Signer:
+        """A signer from a 32-byte Ed25519 seed."""
+        private_key = Ed25519PrivateKey.from_private_bytes(seed)
+        return cls(private_key, key_id or default_key_id(public_bytes(private_key)))
+
+    @property
+    def public_key(self) -> bytes:
+        """The raw 32-byte public key."""
+        return public_bytes(self.private_key)
+
+
+def public_bytes(private_key: Ed25519PrivateKey) -> bytes:
+    """Raw public key bytes of an Ed25519 private key."""
+    return private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def default_key_id(public_key: bytes) -> str:
+    """A stable key id: the first 16 hex digits of SHA-256 of the public key."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+async def register(conn: Connection, signer: Signer) -> None:
+    """Record the signer's public key (idempotent; a key id reused for another key fails)."""
+    await conn.execute(_REGISTER, signer.key_id, signer.public_key)
+
+
+async def checkpoint(
+    conn: Connection, signer: Signer, tenant_id: UUID, *, every: int, interval: timedelta
+) -> int | None:
+    """Sign and store a checkpoint of the tenant's tree if one is due; return its size.
+
+    Runs in the caller's transaction: the tenant's head stays locked until it ends, so the
+    signed root is the root of the tree at that size.
+    """
+    row = await conn.fetchrow(_LOCK_HEAD, tenant_id)
+    if row is None or row["tree_size"] == 0:
+        return None
+    last_size = row["last_checkpoint_size"] or 0
+    now = datetime.now(UTC)
+    last_time = row["last_checkpoint_time"]
+    grown = row["tree_size"] - last_size
+    due = grown > 0 and (grown >= every or last_time is None or now - last_time >= interval)
+    if not due:
+        return None
+    timestamp = rfc3339(now)
+    body = checkpoint_body(str(tenant_id), row["tree_size"], row["root_hash"], timestamp)
+    signature = signer.private_key.sign(body)
+    moment = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    await conn.execute(
+        _ADD, tenant_id, row["tree_size"], row["root_hash"], moment, signer.key_id, signature
+    )
+    return int(row["tree_size"])
+
+
+async def due_tenants(conn: Connection, *, every: int, interval: timedelta) -> list[UUID]:
+    """Tenants whose tree grew by `every` entries, or has waited `interval`, since their last
+    checkpoint."""
+    cutoff = datetime.now(UTC) - interval
+    return [row["tenant_id"] for row in await conn.fetch(_DUE, every, cutoff)]
