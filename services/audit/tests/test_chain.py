@@ -205,3 +205,24 @@ async def test_the_application_role_can_append_and_read_but_never_change(
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await app_conn.execute(statement)
     assert (await verify_tenant(app_conn, TENANT_A)).ok
+
+
+async def test_each_append_queues_its_entry_for_the_audit_topic(db: asyncpg.Connection) -> None:
+    events = [received(TENANT_A, "ab" * 32, version) for version in (1, 2, 3)]
+    for event in events:
+        async with db.transaction():
+            await append_event(db, event)
+    rows = await db.fetch(
+        "SELECT topic, message_key, event_type, payload FROM eventing_outbox ORDER BY position"
+    )
+    assert [row["topic"] for row in rows] == ["consentry.audit.v1"] * 3
+    assert {bytes(row["message_key"]) for row in rows} == {f"{TENANT_A}/chain".encode()}
+    stored = await db.fetch(
+        "SELECT seq, entry, leaf_hash, chain_hash FROM audit_entries ORDER BY seq"
+    )
+    for row, entry in zip(rows, stored, strict=True):
+        assert row["event_type"] == "consentry.audit.entry_appended.v1"
+        message = audit_pb2.EntryAppended.FromString(row["payload"])
+        assert (message.seq, message.entry) == (entry["seq"], entry["entry"])
+        assert (message.leaf_hash, message.chain_hash) == (entry["leaf_hash"], entry["chain_hash"])
+        assert message.tenant_id == str(TENANT_A)

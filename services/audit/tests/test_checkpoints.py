@@ -17,6 +17,7 @@ from consentry.audit.app import create_app
 from consentry.audit.chain import checkpoints
 from consentry.audit.chain.service import append_event
 from consentry.audit.settings import ApiSettings, AppenderSettings, seed_bytes
+from consentry.audit.v1 import audit_pb2
 
 from .conftest import received
 
@@ -244,3 +245,28 @@ def test_a_strong_key_is_accepted_in_production() -> None:
         audit_signing_key=seed,
     )
     assert seed_bytes(settings.audit_signing_key) == hashlib.sha256(b"production").digest()
+
+
+async def test_a_checkpoint_is_queued_for_the_audit_topic_after_its_entries(
+    db: asyncpg.Connection,
+) -> None:
+    async with db.transaction():
+        await checkpoints.register(db, SIGNER)
+    await append(db, 2)
+    async with db.transaction():
+        await checkpoints.checkpoint(db, SIGNER, TENANT, every=1, interval=NOW)
+    rows = await db.fetch("SELECT event_type, payload FROM eventing_outbox ORDER BY position")
+    assert [row["event_type"] for row in rows] == [
+        "consentry.audit.entry_appended.v1",
+        "consentry.audit.entry_appended.v1",
+        "consentry.audit.checkpoint_signed.v1",
+    ]
+    message = audit_pb2.CheckpointSigned.FromString(rows[-1]["payload"])
+    stored = await db.fetchrow("SELECT * FROM audit_checkpoints")
+    assert stored is not None
+    assert (message.tree_size, message.root_hash, message.key_id) == (
+        2,
+        stored["root_hash"],
+        SIGNER.key_id,
+    )
+    assert message.signature == stored["signature"]

@@ -92,6 +92,7 @@ SERVICES: tuple[Service, ...] = (
         migrate=_module("audit", "migrate"),
         processes=(
             ServiceProcess("appender", _module("audit", "appender")),
+            ServiceProcess("relay", _module("audit", "relay")),
             ServiceProcess("api", _module("audit", "api"), ready_path=READY_PATH),
         ),
         # The audit log is append-only for its own processes: they may only call audit_append().

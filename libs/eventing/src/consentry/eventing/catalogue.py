@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
+from consentry.audit.v1 import audit_pb2
 from consentry.consent.v1 import consent_pb2
 from consentry.eventing import topics
 
@@ -52,7 +53,34 @@ CONSENT_WITHDRAWN = EventType(
     "consentry.consent.withdrawn.v1", topics.CONSENT, consent_pb2.ConsentWithdrawn, _check_decision
 )
 
-CATALOGUE: dict[str, EventType] = {t.name: t for t in (CONSENT_GIVEN, CONSENT_WITHDRAWN)}
+# Audit-topic events carry the subject `chain`: the key `<tenant>/chain` keeps a tenant's
+# whole chain in order on one partition, so followers can verify it incrementally.
+AUDIT_CHAIN_SUBJECT = "chain"
+
+
+def _check_chain_event(message: Message, tenant_id: str, subject_ref: str) -> str:
+    if getattr(message, "tenant_id", None) != tenant_id or subject_ref != AUDIT_CHAIN_SUBJECT:
+        return "tenant_id does not match ce_tenant, or ce_subject is not 'chain'"
+    hashes = [getattr(message, name, b"") for name in ("leaf_hash", "chain_hash", "root_hash")]
+    if any(value and len(value) != 32 for value in hashes):
+        return "hashes are 32 bytes"
+    return ""
+
+
+AUDIT_ENTRY_APPENDED = EventType(
+    "consentry.audit.entry_appended.v1", topics.AUDIT, audit_pb2.EntryAppended, _check_chain_event
+)
+AUDIT_CHECKPOINT_SIGNED = EventType(
+    "consentry.audit.checkpoint_signed.v1",
+    topics.AUDIT,
+    audit_pb2.CheckpointSigned,
+    _check_chain_event,
+)
+
+CATALOGUE: dict[str, EventType] = {
+    t.name: t
+    for t in (CONSENT_GIVEN, CONSENT_WITHDRAWN, AUDIT_ENTRY_APPENDED, AUDIT_CHECKPOINT_SIGNED)
+}
 
 
 def lookup(name: str) -> EventType | None:

@@ -25,9 +25,12 @@ from datetime import datetime, timedelta
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from pydantic import Field
 
+from consentry.eventing import kafka
 from consentry.eventing.db import Connection
 from consentry.eventing.logs import get_logger
+from consentry.eventing.settings import DatabaseSettings, KafkaSettings
 
 log = get_logger(__name__)
 
@@ -178,3 +181,26 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+class RelaySettings(DatabaseSettings, KafkaSettings):
+    """A service's outbox relay process: its database and the broker."""
+
+    relay_batch_size: int = Field(default=500, ge=1)
+    relay_poll_interval: float = Field(default=1.0, gt=0)
+    relay_retention_days: int = Field(default=7, ge=0)
+
+
+async def run_relay(settings: RelaySettings, stop: asyncio.Event) -> None:
+    """Publish the service database's outbox until `stop` is set."""
+    producer = kafka.producer(settings, "-relay")
+    await producer.start()
+    try:
+        options = RelayOptions(
+            batch_size=settings.relay_batch_size,
+            poll_interval=settings.relay_poll_interval,
+            retention=timedelta(days=settings.relay_retention_days),
+        )
+        await OutboxRelay(settings.database_url, producer, options).run(stop)
+    finally:
+        await producer.stop()

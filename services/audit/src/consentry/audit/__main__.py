@@ -1,4 +1,4 @@
-"""`python -m consentry.audit api|appender|migrate|verify`: the audit service's processes."""
+"""`python -m consentry.audit api|appender|relay|migrate|verify`: the audit service's processes."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from consentry.audit.chain.service import verify_all, verify_tenant
 from consentry.audit.settings import ApiSettings, AppenderSettings, DatabaseOnlySettings
 from consentry.audit.worker import run_appender
 from consentry.eventing.migrations import Migration, service_migrations
+from consentry.eventing.relay import RelaySettings, run_relay
 from consentry.httpapi.service import add_worker, cli_settings, service_cli
 
 
@@ -26,6 +27,7 @@ def migrations() -> list[Migration]:
 cli = service_cli("audit", api_settings=ApiSettings, create_app=create_app, migrations=migrations)
 
 
+add_worker(cli, "relay", RelaySettings, run_relay, "Publish the audit topic's outbox to Kafka.")
 add_worker(
     cli,
     "appender",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from consentry.consent.app import create_app
-from consentry.consent.settings import ApiSettings, RelaySettings
-from consentry.consent.worker import run_relay
+from consentry.consent.settings import ApiSettings
 from consentry.eventing.migrations import Migration, service_migrations
+from consentry.eventing.relay import RelaySettings, run_relay
 from consentry.httpapi.service import add_replay, add_worker, service_cli
 
 

@@ -16,6 +16,8 @@ from uuid import UUID
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from consentry.audit.chain import events
+from consentry.eventing import outbox
 from consentry.eventing.db import Connection
 
 _LOCK_HEAD = "SELECT * FROM audit_lock_head($1)"
@@ -102,6 +104,10 @@ async def checkpoint(
     await conn.execute(
         _ADD, tenant_id, row["tree_size"], row["root_hash"], moment, signer.key_id, signature
     )
+    published = events.checkpoint_signed(
+        str(tenant_id), row["tree_size"], row["root_hash"], timestamp, signer.key_id, signature
+    )
+    await outbox.add(conn, published)
     return int(row["tree_size"])
 
 

@@ -10,6 +10,7 @@ import asyncpg
 from consentry.eventing.db import Connection
 
 _APPEND = "SELECT audit_append($1, $2, $3, $4, $5)"
+_HASHES = "SELECT entry, leaf_hash, chain_hash FROM audit_entries WHERE tenant_id = $1 AND seq = $2"
 _TENANTS = "SELECT tenant_id, seq, chain_hash FROM audit_chain_heads ORDER BY tenant_id"
 _HEAD = "SELECT tenant_id, seq, chain_hash FROM audit_chain_heads WHERE tenant_id = $1"
 _WALK = """
@@ -36,6 +37,13 @@ async def append(
     """Append one entry to the tenant's chain (idempotent by event id); return its seq."""
     seq: int = await conn.fetchval(_APPEND, tenant_id, event_id, event_type, subject_ref, entry)
     return seq
+
+
+async def hashes(conn: Connection, *, tenant_id: UUID, seq: int) -> asyncpg.Record:
+    """One stored entry with its leaf and chain hash."""
+    row = await conn.fetchrow(_HASHES, tenant_id, seq)
+    assert row is not None
+    return row
 
 
 async def heads(conn: Connection) -> list[asyncpg.Record]:

@@ -6,10 +6,11 @@ from uuid import UUID
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from consentry.audit.chain import repository
+from consentry.audit.chain import events, repository
 from consentry.audit.chain.hashing import GENESIS, chain_hash, leaf_hash
 from consentry.audit.chain.models import BrokenEntry, ChainReport
 from consentry.audit.v1 import audit_pb2
+from consentry.eventing import outbox
 from consentry.eventing.db import Connection
 from consentry.eventing.envelope import CONTENT_TYPE, ReceivedEvent
 
@@ -32,15 +33,26 @@ def entry_bytes(event: ReceivedEvent) -> bytes:
 
 
 async def append_event(conn: Connection, event: ReceivedEvent) -> int:
-    """Append one received event to its tenant's chain; return its seq."""
-    return await repository.append(
+    """Append one received event to its tenant's chain and queue its publication on the
+    audit topic (same transaction); return its seq."""
+    tenant_id = UUID(event.tenant_id)
+    entry = entry_bytes(event)
+    seq = await repository.append(
         conn,
-        tenant_id=UUID(event.tenant_id),
+        tenant_id=tenant_id,
         event_id=event.id,
         event_type=event.type.name,
         subject_ref=event.subject_ref,
-        entry=entry_bytes(event),
+        entry=entry,
     )
+    stored = await repository.hashes(conn, tenant_id=tenant_id, seq=seq)
+    await outbox.add(
+        conn,
+        events.entry_appended(
+            event.tenant_id, seq, stored["entry"], stored["leaf_hash"], stored["chain_hash"]
+        ),
+    )
+    return seq
 
 
 async def verify_tenant(conn: Connection, tenant_id: UUID) -> ChainReport:
