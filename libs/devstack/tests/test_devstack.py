@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import socket
 import sys
@@ -98,6 +99,10 @@ async def test_dev_stack_with_stand_in_services(pg_server_dsn: str, kafka_bootst
             assert DEV_API_KEY in table
             with pytest.raises(KeyError, match="'worker_only' has no HTTP API"):
                 stack.api_url("worker_only")
+            # A worker has no readiness probe: wait for its first line (slow under load).
+            async with asyncio.timeout(20):
+                while f"worker_only.worker | worker {names['worker_only']}" not in out.getvalue():
+                    await asyncio.sleep(0.05)
     finally:
         for name in names.values():
             await drop_database(pg_server_dsn, name)

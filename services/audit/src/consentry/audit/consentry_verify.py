@@ -33,7 +33,8 @@ _sha = hashlib.sha256
 _a2b, _hexlify, _unhex = binascii.a2b_base64, binascii.b2a_hex, binascii.a2b_hex
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z\Z")
 _HEX32 = re.compile(r"[0-9a-f]{64}\Z")
-_LINE_SHAPE = b'{"seq""entry": "", "leaf_hash": "", "chain_hash": ""}\n'
+_LINE_END = ', "entry": "", "leaf_hash": "", "chain_hash": ""}\n'
+_LINE_SEP = _LINE_END + '{"seq": '
 _CHUNK = 1 << 18
 
 
@@ -322,7 +323,7 @@ def _wire_fields(data: bytes) -> dict[int, bytes | int]:
 def decode_audit_entry(entry: bytes) -> dict[str, str]:
     """The AuditEntry's string fields and event_time (RFC 3339); ValueError if malformed."""
     fields = _wire_fields(entry)
-    out = {name: "" for name in _STRING_FIELDS.values()}
+    out = dict.fromkeys(_STRING_FIELDS.values(), "")
     for number, name in _STRING_FIELDS.items():
         value = fields.get(number, b"")
         if not isinstance(value, bytes):
@@ -351,7 +352,9 @@ def _name(seq: int, entry: bytes | None) -> str:
 def export_line(seq: int, entry: bytes, leaf: bytes, chain: bytes) -> str:
     """One export entry line in the canonical layout (the layout the fast path reads)."""
     b64 = base64.b64encode(entry).decode()
-    return json.dumps({"seq": seq, "entry": b64, "leaf_hash": leaf.hex(), "chain_hash": chain.hex()})
+    return json.dumps(
+        {"seq": seq, "entry": b64, "leaf_hash": leaf.hex(), "chain_hash": chain.hex()}
+    )
 
 
 def _fast_chunk(
@@ -362,11 +365,10 @@ def _fast_chunk(
     n, rest = divmod(len(parts) - 1, 14)
     if rest or not n:
         return None
-    seqs, b64s, leaf_hex, chain_hex = parts[2::14], parts[5::14], parts[9::14], parts[13::14]
-    blank = [b""] * n
-    parts[2::14] = parts[5::14] = parts[9::14] = parts[13::14] = blank
-    numbers = ": " + ", : ".join(map(str, range(seq, seq + n))) + ", "
-    if b'"'.join(parts) != _LINE_SHAPE * n or b"".join(seqs) != numbers.encode():
+    b64s, leaf_hex, chain_hex = parts[5::14], parts[9::14], parts[13::14]
+    parts[5::14] = parts[9::14] = parts[13::14] = [b""] * n
+    numbers = _LINE_SEP.join(map(str, range(seq, seq + n)))
+    if b'"'.join(parts) != f'{{"seq": {numbers}{_LINE_END}'.encode():
         return None
     try:
         leaves = [_sha(b"\x00" + _a2b(b, strict_mode=True)).digest() for b in b64s]
@@ -380,7 +382,7 @@ def _fast_chunk(
         ok = links == chains[1:]
     else:
         ok = [_sha(p + q).digest() for p, q in zip([prev, *chains], leaves)] == chains
-    return (leaves, chains) if ok and {*map(len, chains)} == {32} else None
+    return (leaves, chains) if ok else None
 
 
 @dataclass
@@ -420,8 +422,8 @@ def _scan_segment(path: str, begin: int, end: int, cuts: Sequence[int]) -> _Segm
             prev = seg.last_chain = chains[-1]
             for cut in cuts:
                 if tree.size < cut <= tree.size + len(leaves):
-                    tree.extend(leaves[: cut - tree.size])
-                    leaves = leaves[cut - tree.size :]
+                    head, leaves = leaves[: cut - tree.size], leaves[cut - tree.size :]
+                    tree.extend(head)
                     seg.pieces.append((cut, tree.nodes()))
                     tree = TreeBuilder(cut)
             tree.extend(leaves)
@@ -595,6 +597,140 @@ def verify_export(
             f.seek(begin)
             done = _sequential_export(iter(f), cps)
     count, head = done
-    last = max((c for group in cps.values() for c in group), key=lambda c: c.tree_size, default=None)
+    last = max(
+        (c for group in cps.values() for c in group), key=lambda c: c.tree_size, default=None
+    )
     n_cps = sum(map(len, cps.values()))
     return ExportReport(tenant, count, n_cps, last, head.hex(), jwks is not None)
+
+
+# --- proof files and consent bundles ------------------------------------------------------
+def _hashes(values: Any, what: str) -> list[bytes]:
+    if not isinstance(values, list) or not all(
+        isinstance(v, str) and _HEX32.match(v) for v in values
+    ):
+        raise VerificationError(f"{what} is not a list of 64-digit lowercase hex hashes")
+    return [bytes.fromhex(v) for v in values]
+
+
+def _entry_bytes(value: Any, what: str) -> bytes:
+    try:
+        return _a2b(value, strict_mode=True)
+    except (TypeError, binascii.Error):
+        raise VerificationError(f"{what}: entry is not base64") from None
+
+
+def _keys(doc: Any, jwks: Any) -> tuple[Any, str]:
+    return (jwks, "pinned JWKS") if jwks is not None else (doc.get("jwks"), "embedded JWKS")
+
+
+def verify_inclusion_document(doc: Any, *, jwks: Any = None) -> str:
+    """Verify an inclusion proof file; return the OK summary."""
+    keys, origin = _keys(doc, jwks)
+    cp = _checked(doc.get("checkpoint"), keys, str(doc.get("checkpoint", {}).get("tenant_id")))
+    entry, index = _entry_bytes(doc.get("entry"), "inclusion"), doc.get("leaf_index")
+    if type(index) is not int:
+        raise VerificationError("leaf_index is not an integer")
+    proof = _hashes(doc.get("proof"), "proof")
+    if not verify_inclusion(leaf_hash(entry), index, cp.tree_size, proof, cp.root_hash):
+        raise VerificationError(f"{_name(index + 1, entry)} is not included in {cp.describe()}")
+    return f"{_name(index + 1, entry)} is included in {cp.describe()}; keys: {origin}"
+
+
+def verify_consistency_document(doc: Any, *, jwks: Any = None) -> str:
+    """Verify a consistency proof file; return the OK summary."""
+    keys, origin = _keys(doc, jwks)
+    old = _checked(doc.get("old"), keys, str(doc.get("old", {}).get("tenant_id")))
+    new = _checked(doc.get("new"), keys, old.tenant_id)
+    proof = _hashes(doc.get("proof"), "proof")
+    if not verify_consistency(old.tree_size, new.tree_size, old.root_hash, new.root_hash, proof):
+        raise VerificationError(f"{new.describe()} is not an extension of {old.describe()}")
+    return f"{new.describe()} extends {old.describe()} (append-only); keys: {origin}"
+
+
+def verify_bundle(doc: Any, *, jwks: Any = None) -> tuple[str, list[str]]:
+    """Verify a proof-of-consent bundle; return the OK summary and one line per entry."""
+    keys, origin = _keys(doc, jwks)
+    tenant, subject = doc.get("tenant_id"), doc.get("subject_ref")
+    if not isinstance(tenant, str) or not isinstance(subject, str):
+        raise VerificationError("bundle lacks tenant_id or subject_ref")
+    cp = _checked(doc.get("checkpoint"), keys, tenant)
+    entries, lines, seen = doc.get("entries"), [], set()
+    if not isinstance(entries, list) or not entries:
+        raise VerificationError("bundle holds no entries")
+    for item in entries:
+        seq = item.get("seq") if isinstance(item, dict) else None
+        if type(seq) is not int or seq < 1 or item.get("leaf_index") != seq - 1 or seq in seen:
+            raise VerificationError(f"bundle entry {seq!r}: bad or repeated seq/leaf_index")
+        seen.add(seq)
+        entry = _entry_bytes(item.get("entry"), f"entry seq {seq}")
+        proof = _hashes(item.get("inclusion_proof"), f"entry seq {seq} inclusion_proof")
+        if not verify_inclusion(leaf_hash(entry), seq - 1, cp.tree_size, proof, cp.root_hash):
+            raise VerificationError(f"{_name(seq, entry)} is not included in {cp.describe()}")
+        try:
+            fields = decode_audit_entry(entry)
+        except ValueError as exc:
+            raise VerificationError(f"entry seq {seq} is not an AuditEntry: {exc!s}") from None
+        if fields["subject_ref"] != subject or fields["tenant_id"] != tenant:
+            raise VerificationError(
+                f"{_name(seq, entry)} belongs to subject {fields['subject_ref']!r} of tenant "
+                f"{fields['tenant_id']}, not subject {subject!r}"
+            )
+        lines.append(
+            f"seq {seq}: {fields['event_type']} event {fields['event_id']} "
+            f"at {fields.get('event_time', '?')} from {fields['event_source']}"
+        )
+    summary = f"subject {subject} of tenant {tenant}: {len(lines)} entries included in "
+    return summary + f"{cp.describe()}; keys: {origin}", lines
+
+
+# --- command line -------------------------------------------------------------------------
+def _load_json(path: str) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc!s}") from None
+
+
+def _document(path: str, fmt: str) -> Any:
+    doc = _load_json(path)
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise InputError(f"{path}: not a {fmt} file")
+    return doc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point: 0 verified, 1 verification failed, 2 unreadable input."""
+    parser = argparse.ArgumentParser(prog="consentry-verify", description=__doc__)
+    parser.add_argument("kind", choices=["export", "inclusion", "consistency", "bundle"])
+    parser.add_argument("file")
+    parser.add_argument("--jwks", help="trusted JWKS file (pins keys; default: embedded keys)")
+    parser.add_argument("--workers", type=int, help="processes for export (default: auto)")
+    args = parser.parse_args(argv)
+    try:
+        jwks = _load_json(args.jwks) if args.jwks else None
+        details: list[str] = []
+        if args.kind == "export":
+            summary = verify_export(args.file, jwks=jwks, workers=args.workers).summary()
+        elif args.kind == "inclusion":
+            summary = verify_inclusion_document(_document(args.file, INCLUSION_FORMAT), jwks=jwks)
+        elif args.kind == "consistency":
+            doc = _document(args.file, CONSISTENCY_FORMAT)
+            summary = verify_consistency_document(doc, jwks=jwks)
+        else:
+            summary, details = verify_bundle(_document(args.file, BUNDLE_FORMAT), jwks=jwks)
+    except (InputError, OSError) as exc:
+        print(f"ERROR: {exc!s}", file=sys.stderr)
+        return 2
+    except VerificationError as exc:
+        print(f"FAILED: {exc!s}")
+        return 1
+    print(f"OK {args.kind}: {summary}")
+    for line in details:
+        print(f"  {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
