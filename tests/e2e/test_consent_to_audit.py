@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import io
 import secrets
 import uuid
 from collections import defaultdict
@@ -15,6 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from consentry.audit.follower import ChainFollower, follow, keys_from_url
 from consentry.audit.v1 import audit_pb2
 from consentry.consent.v1 import consent_pb2
 from consentry.devstack.services import DEV_TENANT_ID
@@ -291,3 +294,33 @@ async def test_the_appender_signs_checkpoints_that_verify_with_the_published_key
     ).encode()
     public = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(key["x"] + "=="))
     public.verify(base64.urlsafe_b64decode(latest["signature"] + "=="), body)
+
+
+async def test_the_audit_topic_follower_verifies_the_live_chain(
+    relay: Relay, consent_api: httpx.AsyncClient, audit_api: httpx.AsyncClient, stack: DevStack
+) -> None:
+    subject = f"follower-{secrets.token_hex(3)}"
+    await decide(consent_api, subject, "performance", "given")
+    ref = await subject_ref(consent_api, subject)
+    (entry,) = await wait_for_entries(audit_api, {ref}, 1)
+    seq = int(str(entry["seq"]))
+
+    follower = ChainFollower(keys_from_url(f"{stack.api_url('audit')}/v1/audit/keys"))
+    out = io.StringIO()
+    task = asyncio.create_task(
+        follow(stack.bootstrap, follower, f"follower-{uuid.uuid4().hex[:8]}", out)
+    )
+    try:
+        async with asyncio.timeout(30):  # until a checkpoint covering our entry has verified
+            while not any(
+                int(line.split("tree size ")[1].split(":")[0]) >= seq
+                for line in out.getvalue().splitlines()
+                if DEV_TENANT_ID in line
+            ):
+                assert not task.done(), task.exception()
+                await asyncio.sleep(0.2)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert all(line.startswith("OK tenant ") for line in out.getvalue().splitlines())
