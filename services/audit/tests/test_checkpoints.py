@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from consentry.audit.app import create_app
 from consentry.audit.chain import checkpoints
 from consentry.audit.chain.service import append_event
+from consentry.audit.consentry_verify import checkpoint_body
 from consentry.audit.settings import ApiSettings, AppenderSettings, seed_bytes
 from consentry.audit.v1 import audit_pb2
 
@@ -74,7 +75,7 @@ async def test_a_checkpoint_is_signed_stored_and_verifiable(db: asyncpg.Connecti
         r["leaf_hash"] for r in await db.fetch("SELECT leaf_hash FROM audit_entries ORDER BY seq")
     ]
     assert row["root_hash"] == mth(leaves)
-    body = checkpoints.checkpoint_body(
+    body = checkpoint_body(
         str(TENANT), 5, row["root_hash"], checkpoints.rfc3339(row["checkpoint_time"])
     )
     assert body.startswith(f"consentry.audit/{TENANT}\n5\n".encode())
@@ -185,7 +186,7 @@ async def test_the_api_serves_the_latest_checkpoint_and_the_jwks(
     (jwk,) = jwks["keys"]
     assert (jwk["kty"], jwk["crv"], jwk["kid"]) == ("OKP", "Ed25519", SIGNER.key_id)
     public = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(jwk["x"] + "=="))
-    body = checkpoints.checkpoint_body(
+    body = checkpoint_body(
         latest["tenant_id"],
         latest["tree_size"],
         bytes.fromhex(latest["root_hash"]),

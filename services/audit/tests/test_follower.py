@@ -8,9 +8,13 @@ from typing import Any
 
 import pytest
 
-from consentry.audit.chain.checkpoints import Signer, checkpoint_body
+from consentry.audit.chain.checkpoints import Signer
 from consentry.audit.chain.hashing import GENESIS, chain_hash, leaf_hash
-from consentry.audit.consentry_verify import VerificationError, root_from_leaf_hashes
+from consentry.audit.consentry_verify import (
+    VerificationError,
+    checkpoint_body,
+    root_from_leaf_hashes,
+)
 from consentry.audit.follower import CHECKPOINT_SIGNED, ENTRY_APPENDED, ChainFollower
 from consentry.audit.v1 import audit_pb2
 

@@ -7,7 +7,6 @@ kept in the database for ever, so old checkpoints stay verifiable after a key ro
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from consentry.audit.chain import events
+from consentry.audit.consentry_verify import checkpoint_body
 from consentry.eventing import outbox
 from consentry.eventing.db import Connection
 
@@ -32,12 +32,6 @@ LEFT JOIN LATERAL (
 WHERE h.seq > coalesce(c.tree_size, 0)
   AND (h.seq - coalesce(c.tree_size, 0) >= $1 OR coalesce(c.checkpoint_time, '-infinity') <= $2)
 """
-
-
-def checkpoint_body(tenant_id: str, tree_size: int, root_hash: bytes, timestamp: str) -> bytes:
-    """The exact bytes a checkpoint's signature covers."""
-    root = base64.b64encode(root_hash).decode()
-    return f"consentry.audit/{tenant_id}\n{tree_size}\n{root}\n{timestamp}\n".encode()
 
 
 def rfc3339(moment: datetime) -> str:

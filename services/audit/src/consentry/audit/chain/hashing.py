@@ -1,17 +1,11 @@
-"""Leaf and chain hashes (RFC 6962 leaf prefix), computed the same way as audit_append()."""
+"""Leaf and chain hashes, computed the same way as audit_append().
+
+The definitions live in the standalone verifier (`consentry_verify`), the one source of truth
+an auditor can read on its own; the service uses them from there.
+"""
 
 from __future__ import annotations
 
-import hashlib
+from consentry.audit.consentry_verify import GENESIS, chain_hash, leaf_hash
 
-GENESIS = bytes(32)
-
-
-def leaf_hash(entry: bytes) -> bytes:
-    """SHA-256(0x00 || entry)."""
-    return hashlib.sha256(b"\x00" + entry).digest()
-
-
-def chain_hash(previous: bytes, leaf: bytes) -> bytes:
-    """SHA-256(previous chain hash || leaf hash)."""
-    return hashlib.sha256(previous + leaf).digest()
+__all__ = ["GENESIS", "chain_hash", "leaf_hash"]
