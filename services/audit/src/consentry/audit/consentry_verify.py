@@ -1,8 +1,8 @@
 """consentry-verify: offline verifier for consentry audit exports, proofs and consent bundles.
 
-A single file that needs only the standard library and `cryptography` (Ed25519): copy it out
-and run `python consentry_verify.py {export,inclusion,consistency,bundle} FILE [--jwks KEYS]`.
-Formats: docs/audit-formats.md. Merkle trees follow RFC 9162 section 2.1 (RFC 6962 hashing).
+One file needing only the standard library and `cryptography` (Ed25519): copy it anywhere and
+run `python consentry_verify.py {export,inclusion,consistency,bundle} FILE [--jwks KEYS]`.
+Formats: docs/audit-formats.md. Merkle trees follow RFC 9162 section 2.1 (RFC 6962 hashes).
 """
 
 from __future__ import annotations
@@ -10,14 +10,17 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import bisect
+import contextlib
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
 import re
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,16 +29,16 @@ EXPORT_FORMAT = "consentry.audit.export.v1"
 BUNDLE_FORMAT = "consentry.audit.bundle.v1"
 INCLUSION_FORMAT = "consentry.audit.inclusion.v1"
 CONSISTENCY_FORMAT = "consentry.audit.consistency.v1"
-ORIGIN_PREFIX = "consentry.audit/"
 GENESIS = bytes(32)
 EMPTY_ROOT = hashlib.sha256(b"").digest()
-_sha = hashlib.sha256
-_a2b, _hexlify, _unhex = binascii.a2b_base64, binascii.b2a_hex, binascii.a2b_hex
-_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z\Z")
+_sha, _a2b = hashlib.sha256, binascii.a2b_base64
+_hexlify, _unhex = binascii.b2a_hex, binascii.a2b_hex
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z\Z")
 _HEX32 = re.compile(r"[0-9a-f]{64}\Z")
 _LINE_END = ', "entry": "", "leaf_hash": "", "chain_hash": ""}\n'
-_LINE_SEP = _LINE_END + '{"seq": '
 _CHUNK = 1 << 18
+_BAD = (KeyError, TypeError, ValueError, AttributeError, binascii.Error)
+Checkpoints = dict[int, list["Checkpoint"]]
 
 
 class VerificationError(Exception):
@@ -44,6 +47,11 @@ class VerificationError(Exception):
 
 class InputError(Exception):
     """The input cannot be read or is not a consentry audit file."""
+
+
+def _require(condition: object, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
 
 
 def leaf_hash(entry: bytes) -> bytes:
@@ -57,13 +65,8 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 
 def chain_hash(previous: bytes, leaf: bytes) -> bytes:
-    """Hash chain link: SHA-256(previous chain hash || leaf hash)."""
+    """Hash-chain link: SHA-256(previous chain hash || leaf hash)."""
     return _sha(previous + leaf).digest()
-
-
-def _level_up(level: list[bytes]) -> list[bytes]:
-    it = iter(level)
-    return [_sha(b"\x01" + a + b).digest() for a, b in zip(it, it, strict=True)]
 
 
 class TreeBuilder:
@@ -78,7 +81,7 @@ class TreeBuilder:
 
     @property
     def size(self) -> int:
-        """Index one past the last leaf appended (the tree size when begin is 0)."""
+        """Index one past the last leaf (the tree size when the range starts at 0)."""
         return self._end
 
     def append(self, leaf: bytes) -> None:
@@ -86,30 +89,29 @@ class TreeBuilder:
         self.append_subtree(0, leaf)
 
     def append_subtree(self, height: int, node: bytes) -> None:
-        """Append the root of a perfect subtree of 2**height leaves aligned at the end."""
+        """Append the root of a perfect subtree of 2**height leaves starting at `size`."""
         width, start = 1 << height, self._end
         if start & (width - 1):
             raise ValueError(f"subtree of height {height} is not aligned at {start}")
         self._end = start + width
-        heights, hashes = self._heights, self._hashes
-        while heights and heights[-1] == height and (start >> height) & 1:
-            node = _sha(b"\x01" + hashes.pop() + node).digest()
-            heights.pop()
-            start -= width
-            height, width = height + 1, width << 1
-        heights.append(height)
-        hashes.append(node)
+        while self._heights and self._heights[-1] == height and (start >> height) & 1:
+            node = _sha(b"\x01" + self._hashes.pop() + node).digest()
+            self._heights.pop()
+            start, height, width = start - width, height + 1, width << 1
+        self._heights.append(height)
+        self._hashes.append(node)
 
     def extend(self, leaves: Sequence[bytes]) -> None:
         """Append many leaf hashes, hashing aligned perfect subtrees level by level."""
-        i, n = 0, len(leaves)
-        while i < n:
-            height, end = (n - i).bit_length() - 1, self._end
+        i = 0
+        while i < len(leaves):
+            height, end = (len(leaves) - i).bit_length() - 1, self._end
             if end:
                 height = min(height, (end & -end).bit_length() - 1)
             level = list(leaves[i : i + (1 << height)])
             while len(level) > 1:
-                level = _level_up(level)
+                data = b"".join(level)
+                level = [_sha(b"\x01" + data[j : j + 64]).digest() for j in range(0, len(data), 64)]
             self.append_subtree(height, level[0])
             i += 1 << height
 
@@ -118,12 +120,10 @@ class TreeBuilder:
         return list(zip(self._heights, self._hashes, strict=True))
 
     def root(self) -> bytes:
-        """Merkle tree hash of the leaves appended so far (requires begin 0)."""
+        """Merkle tree hash of the leaves so far (only for a range starting at leaf 0)."""
         if self._begin:
             raise ValueError("root() needs a range that starts at leaf 0")
-        if not self._hashes:
-            return EMPTY_ROOT
-        root = self._hashes[-1]
+        root = self._hashes[-1] if self._hashes else EMPTY_ROOT
         for node in reversed(self._hashes[:-1]):
             root = _sha(b"\x01" + node + root).digest()
         return root
@@ -139,7 +139,7 @@ def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
 def verify_inclusion(
     leaf: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes
 ) -> bool:
-    """RFC 9162 2.1.3.2: does `proof` show leaf `index` of a tree of `tree_size` under `root`?"""
+    """RFC 9162 2.1.3.2: does `proof` put `leaf` at `index` of the tree of `root`?"""
     if not 0 <= index < tree_size or len(leaf) != 32 or any(len(p) != 32 for p in proof):
         return False
     fn, sn, r = index, tree_size - 1, leaf
@@ -186,7 +186,7 @@ def verify_consistency(
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A parsed (not yet verified) signed checkpoint."""
+    """A parsed signed checkpoint."""
 
     tenant_id: str
     tree_size: int
@@ -196,105 +196,84 @@ class Checkpoint:
     signature: bytes
 
     def describe(self) -> str:
-        """Short human description naming the checkpoint."""
+        """How messages name the checkpoint."""
         return f"checkpoint at tree size {self.tree_size} ({self.timestamp}, key {self.key_id})"
 
 
 def checkpoint_body(tenant_id: str, tree_size: int, root_hash: bytes, timestamp: str) -> bytes:
-    """The exact bytes an Ed25519 checkpoint signature covers."""
+    """The exact bytes a checkpoint's Ed25519 signature covers."""
     root = base64.b64encode(root_hash).decode()
-    return f"{ORIGIN_PREFIX}{tenant_id}\n{tree_size}\n{root}\n{timestamp}\n".encode()
+    return f"consentry.audit/{tenant_id}\n{tree_size}\n{root}\n{timestamp}\n".encode()
 
 
 def b64url_decode(text: str) -> bytes:
-    """Decode unpadded base64url, rejecting any non-canonical spelling."""
+    """Decode unpadded base64url, rejecting any other spelling."""
     raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != text:
-        raise ValueError("not canonical unpadded base64url")
+    _require(base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == text, "bad base64url")
     return raw
 
 
 def parse_checkpoint(checkpoint: Any) -> Checkpoint:
-    """Check a checkpoint's JSON shape and decode it; raise VerificationError if malformed."""
+    """Check a checkpoint's JSON shape and decode it; VerificationError if malformed."""
     try:
-        c = checkpoint
-        tenant, size, ts, kid = c["tenant_id"], c["tree_size"], c["timestamp"], c["key_id"]
-        if not (isinstance(tenant, str) and tenant and "\n" not in tenant):
-            raise ValueError("bad tenant_id")
-        if type(size) is not int or size < 0:
-            raise ValueError("bad tree_size")
-        if not (isinstance(ts, str) and _TIME.match(ts)):
-            raise ValueError("timestamp is not RFC 3339 UTC (...Z)")
-        datetime.fromisoformat(ts)
-        if not (isinstance(kid, str) and kid):
-            raise ValueError("bad key_id")
-        if not (isinstance(c["root_hash"], str) and _HEX32.match(c["root_hash"])):
-            raise ValueError("root_hash is not 64 lowercase hex digits")
-        sig = b64url_decode(c["signature"])
-        if len(sig) != 64:
-            raise ValueError("signature is not 64 bytes")
-        return Checkpoint(tenant, size, bytes.fromhex(c["root_hash"]), ts, kid, sig)
-    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-        raise VerificationError(f"malformed checkpoint: {exc!s}") from None
-
-
-def _public_key(jwks: Any, kid: str) -> Any:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    try:
-        keys = [k for k in jwks["keys"] if k["kid"] == kid]
-        if len(keys) != 1:
-            raise VerificationError(
-                f"unknown key id {kid!r}" if not keys else f"key id {kid!r} appears twice"
-            )
-        key = keys[0]
-        if (key["kty"], key["crv"], key.get("alg", "EdDSA"), key.get("use", "sig")) != (
-            "OKP",
-            "Ed25519",
-            "EdDSA",
-            "sig",
-        ):
-            raise ValueError("not an Ed25519 signing key")
-        return Ed25519PublicKey.from_public_bytes(b64url_decode(key["x"]))
-    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-        raise VerificationError(f"malformed JWKS entry for key id {kid!r}: {exc!s}") from None
+        c, tenant, size, stamp = checkpoint, checkpoint["tenant_id"], None, None
+        _require(isinstance(tenant, str) and tenant and "\n" not in tenant, "bad tenant_id")
+        size, stamp, kid = c["tree_size"], c["timestamp"], c["key_id"]
+        _require(type(size) is int and size >= 0, "bad tree_size")
+        _require(isinstance(stamp, str) and _TIME.match(stamp), "timestamp is not RFC 3339 ...Z")
+        datetime.fromisoformat(stamp)
+        _require(isinstance(kid, str) and kid, "bad key_id")
+        _require(_HEX32.match(c["root_hash"]), "root_hash is not 64 lowercase hex digits")
+        signature = b64url_decode(c["signature"])
+        _require(len(signature) == 64, "signature is not 64 bytes")
+        return Checkpoint(tenant, size, bytes.fromhex(c["root_hash"]), stamp, kid, signature)
+    except _BAD as exc:
+        where = f" at tree size {size}" if size is not None else ""
+        raise VerificationError(f"malformed checkpoint{where}: {exc!s}") from None
 
 
 def verify_checkpoint(checkpoint: Any, jwks: Any) -> None:
-    """Verify a checkpoint's shape and Ed25519 signature against the JWKS key of its key id."""
+    """Verify a checkpoint's shape and Ed25519 signature with the JWKS key of its key id."""
     from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     cp = parse_checkpoint(checkpoint)
-    key = _public_key(jwks, cp.key_id)
     body = checkpoint_body(cp.tenant_id, cp.tree_size, cp.root_hash, cp.timestamp)
     try:
-        key.verify(cp.signature, body)
+        keys = [k for k in jwks["keys"] if k["kid"] == cp.key_id]
+        _require(keys, "unknown key id")
+        _require(len(keys) == 1, "key id listed twice in the JWKS")
+        kind = (keys[0]["kty"], keys[0]["crv"], keys[0].get("alg", "EdDSA"), keys[0].get("use"))
+        _require(
+            kind in {("OKP", "Ed25519", "EdDSA", u) for u in ("sig", None)}, "not an Ed25519 key"
+        )
+        Ed25519PublicKey.from_public_bytes(b64url_decode(keys[0]["x"])).verify(cp.signature, body)
     except InvalidSignature:
         raise VerificationError(f"{cp.describe()}: bad signature (forged or altered)") from None
+    except _BAD as exc:
+        detail = exc if type(exc) is ValueError else f"bad JWKS ({exc!r})"
+        raise VerificationError(f"{cp.describe()}: {detail}") from None
 
 
-def _checked(checkpoint: Any, jwks: Any, tenant_id: str) -> Checkpoint:
+def _checked(checkpoint: Any, jwks: Any, tenant_id: str | None = None) -> Checkpoint:
     verify_checkpoint(checkpoint, jwks)
     cp = parse_checkpoint(checkpoint)
-    if cp.tenant_id != tenant_id:
+    if tenant_id is not None and cp.tenant_id != tenant_id:
         raise VerificationError(f"{cp.describe()} is for tenant {cp.tenant_id}, not {tenant_id}")
     return cp
 
 
-# --- AuditEntry protobuf fields, read without the protobuf library -----------------------
-_STRING_FIELDS = {1: "tenant_id", 2: "event_id", 3: "event_type", 4: "event_source"}
-_STRING_FIELDS |= {5: "subject_ref", 7: "content_type", 9: "topic"}
+# --- AuditEntry fields, read with a tiny protobuf wire-format reader ---------------------
+_FIELDS = {1: "tenant_id", 2: "event_id", 3: "event_type", 4: "event_source", 5: "subject_ref"}
+_FIELDS |= {7: "content_type", 9: "topic"}
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:
     value = shift = 0
     while True:
-        if i >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        i, shift = i + 1, shift + 7
-        if not byte & 0x80:
+        _require(i < len(data) and shift < 64, "truncated varint")
+        value, i, shift = value | (data[i] & 0x7F) << shift, i + 1, shift + 7
+        if not data[i - 1] & 0x80:
             return value, i
 
 
@@ -303,219 +282,146 @@ def _wire_fields(data: bytes) -> dict[int, bytes | int]:
     i = 0
     while i < len(data):
         key, i = _varint(data, i)
-        number, wire = key >> 3, key & 7
-        value: bytes | int
-        if wire == 0:
+        value: bytes | int = 0
+        if key & 7 == 0:
             value, i = _varint(data, i)
-        elif wire == 2:
+        elif key & 7 == 2:
             length, i = _varint(data, i)
             value, i = data[i : i + length], i + length
-        elif wire in (1, 5):
-            value, i = 0, i + (8 if wire == 1 else 4)
         else:
-            raise ValueError(f"unsupported wire type {wire}")
-        if number == 0 or i > len(data):
-            raise ValueError("truncated or invalid field")
-        fields[number] = value
+            _require(key & 7 in (1, 5), f"unsupported wire type {key & 7}")
+            i += 8 if key & 7 == 1 else 4
+        _require(key >> 3 and i <= len(data), "truncated or invalid field")
+        fields[key >> 3] = value
     return fields
 
 
 def decode_audit_entry(entry: bytes) -> dict[str, str]:
-    """The AuditEntry's string fields and event_time (RFC 3339); ValueError if malformed."""
-    fields = _wire_fields(entry)
-    out = dict.fromkeys(_STRING_FIELDS.values(), "")
-    for number, name in _STRING_FIELDS.items():
+    """An AuditEntry's string fields and event_time (RFC 3339); ValueError if malformed."""
+    fields, out = _wire_fields(entry), {}
+    for number, name in _FIELDS.items():
         value = fields.get(number, b"")
-        if not isinstance(value, bytes):
-            raise ValueError(f"field {name} is not length-delimited")
-        out[name] = value.decode()
+        _require(isinstance(value, bytes), f"{name} is not a string")
+        out[name] = value.decode() if isinstance(value, bytes) else ""
     stamp = fields.get(6, b"")
     time = _wire_fields(stamp) if isinstance(stamp, bytes) else {}
     seconds, nanos = time.get(1, 0), time.get(2, 0)
-    if isinstance(seconds, int) and isinstance(nanos, int) and seconds < 1 << 63:
-        when = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        out["event_time"] = when + (f".{nanos:09d}".rstrip("0") if nanos else "") + "Z"
+    if isinstance(seconds, int) and isinstance(nanos, int) and 0 <= nanos < 10**9:
+        with contextlib.suppress(OverflowError, OSError, ValueError):
+            when = datetime.fromtimestamp(seconds - (seconds >> 63 << 64), UTC)
+            fraction = f".{nanos:09d}".rstrip("0") if nanos else ""
+            out["event_time"] = f"{when:%Y-%m-%dT%H:%M:%S}{fraction}Z"
     return out
 
 
-def _name(seq: int, entry: bytes | None) -> str:
+def _name(seq: int, entry: bytes) -> str:
     try:
-        fields = decode_audit_entry(entry) if entry is not None else None
+        fields = decode_audit_entry(entry)
+        return f"entry seq {seq} (event {fields['event_id']}, {fields['event_type']})"
     except ValueError:
-        fields = None
-    return f"entry seq {seq}" + (
-        f" (event {fields['event_id']}, {fields['event_type']})" if fields else ""
-    )
+        return f"entry seq {seq}"
 
 
-# --- export: JSON Lines, a header then one entry per line ---------------------------------
-def export_line(seq: int, entry: bytes, leaf: bytes, chain: bytes) -> str:
-    """One export entry line in the canonical layout (the layout the fast path reads)."""
-    b64 = base64.b64encode(entry).decode()
-    return json.dumps(
-        {"seq": seq, "entry": b64, "leaf_hash": leaf.hex(), "chain_hash": chain.hex()}
-    )
-
-
-def _fast_chunk(
-    chunk: bytes, seq: int, prev: bytes | None
-) -> tuple[list[bytes], list[bytes]] | None:
-    """Leaf and stored chain hashes of canonical lines from `seq` on, or None if anything differs."""
+# --- export: a JSON header line, then one canonical JSON line per entry -------------------
+def _fast_chunk(chunk: bytes, seq: int, prev: bytes | None) -> tuple[list[bytes], list[bytes]]:
+    """Leaf and chain hashes of canonical lines numbered from `seq`; ValueError on any doubt."""
     parts = chunk.split(b'"')
     n, rest = divmod(len(parts) - 1, 14)
-    if rest or not n:
-        return None
+    _require(n and not rest, "not canonical")
     b64s, leaf_hex, chain_hex = parts[5::14], parts[9::14], parts[13::14]
     parts[5::14] = parts[9::14] = parts[13::14] = [b""] * n
-    numbers = _LINE_SEP.join(map(str, range(seq, seq + n)))
-    if b'"'.join(parts) != f'{{"seq": {numbers}{_LINE_END}'.encode():
-        return None
-    try:
-        leaves = [_sha(b"\x00" + _a2b(b, strict_mode=True)).digest() for b in b64s]
-        chains = list(map(_unhex, chain_hex))
-    except binascii.Error:
-        return None
-    if _hexlify(b"".join(leaves)) != b"".join(leaf_hex) or {*map(len, leaf_hex)} != {64}:
-        return None
-    if prev is None:
-        links = [_sha(p + q).digest() for p, q in zip(chains, leaves[1:])]
-        ok = links == chains[1:]
-    else:
-        ok = [_sha(p + q).digest() for p, q in zip([prev, *chains], leaves)] == chains
-    return (leaves, chains) if ok else None
+    numbers = (_LINE_END + '{"seq": ').join(map(str, range(seq, seq + n)))
+    _require(b'"'.join(parts) == f'{{"seq": {numbers}{_LINE_END}'.encode(), "not canonical")
+    leaves = [_sha(b"\x00" + _a2b(b, strict_mode=True)).digest() for b in b64s]
+    chains = list(map(_unhex, chain_hex))
+    _require(_hexlify(b"".join(leaves)) == b"".join(leaf_hex), "leaf hash differs")
+    _require({*map(len, leaf_hex)} == {64}, "not canonical")
+    _require(_hexlify(b"".join(chains)) == b"".join(chain_hex), "not canonical")
+    prevs = [prev or GENESIS, *chains[:-1]]  # without `prev`, main checks the first link
+    links = [_sha(p + q).digest() for p, q in zip(prevs, leaves, strict=True)]
+    _require(links[prev is None :] == chains[prev is None :], "chain differs")
+    return leaves, chains
 
 
-@dataclass
-class _Segment:
-    first_seq: int
-    count: int
-    first_leaf: bytes
-    first_chain: bytes
-    last_chain: bytes
-    pieces: list[tuple[int, list[tuple[int, bytes]]]]
+Segment = tuple[int, int, bytes, bytes, bytes, list[tuple[int, list[tuple[int, bytes]]]]]
 
 
-def _scan_segment(path: str, begin: int, end: int, cuts: Sequence[int]) -> _Segment | None:
-    """Fast pass over whole lines in bytes [begin, end); None when the fast path cannot vouch."""
-    seg: _Segment | None = None
-    with open(path, "rb") as f:
-        f.seek(begin)
-        pos = begin
+def _scan_segment(path: str, begin: int, end: int, cuts: Sequence[int]) -> Segment | None:
+    """Fast pass over the whole lines in bytes [begin, end); None unless all is canonical.
+
+    Returns the first seq, the entry count, the first leaf and stored chain hash (main checks
+    that link), the last chain hash and the tree nodes of each range ending at a checkpoint.
+    """
+    pieces: list[tuple[int, list[tuple[int, bytes]]]] = []
+    first, count, prev, firsts, tree = 0, 0, None, (b"", b""), None
+    with open(path, "rb") as f, contextlib.suppress(*_BAD):
+        f.seek(pos := begin)
         while pos < end:
             chunk = f.read(min(_CHUNK, end - pos))
-            if not chunk.endswith(b"\n"):
-                chunk += f.readline()
+            chunk += f.readline() if not chunk.endswith(b"\n") else b""
             pos += len(chunk)
-            if seg is None:
-                head = chunk[:40].partition(b",")[0]
-                if not head.startswith(b'{"seq": ') or not head[8:].isdigit():
-                    return None
-                seg = _Segment(int(head[8:]), 0, b"", b"", b"", [])
-                tree, prev = TreeBuilder(seg.first_seq - 1), None
-            got = _fast_chunk(chunk, seg.first_seq + seg.count, prev)
-            if got is None:
-                return None
-            leaves, chains = got
-            if not seg.count:
-                seg.first_leaf, seg.first_chain = leaves[0], chains[0]
-            seg.count += len(leaves)
-            prev = seg.last_chain = chains[-1]
-            for cut in cuts:
-                if tree.size < cut <= tree.size + len(leaves):
-                    head, leaves = leaves[: cut - tree.size], leaves[cut - tree.size :]
-                    tree.extend(head)
-                    seg.pieces.append((cut, tree.nodes()))
-                    tree = TreeBuilder(cut)
+            if tree is None:
+                first = int(chunk[:40].partition(b",")[0].removeprefix(b'{"seq": '))
+                tree = TreeBuilder(first - 1)
+            leaves, chains = _fast_chunk(chunk, first + count, prev)
+            firsts = firsts if count else (leaves[0], chains[0])
+            count, prev = count + len(leaves), chains[-1]
+            lo, hi = (bisect.bisect_right(cuts, tree.size + k) for k in (0, len(leaves)))
+            for cut in cuts[lo:hi]:
+                head, leaves = leaves[: cut - tree.size], leaves[cut - tree.size :]
+                tree.extend(head)
+                pieces.append((cut, tree.nodes()))
+                tree = TreeBuilder(cut)
             tree.extend(leaves)
-    if seg is not None:
-        seg.pieces.append((tree.size, tree.nodes()))
-    return seg
+        if prev is not None and tree is not None:
+            return first, count, *firsts, prev, [*pieces, (tree.size, tree.nodes())]
+    return None
 
 
-@dataclass(frozen=True)
-class ExportReport:
-    """What a successful export verification established."""
-
-    tenant_id: str
-    entries: int
-    checkpoints: int
-    last_checkpoint: Checkpoint | None
-    head_chain_hash: str
-    keys_pinned: bool
-
-    def summary(self) -> str:
-        """One-line summary."""
-        last = self.last_checkpoint
-        covered = last.tree_size if last else 0
-        text = f"tenant {self.tenant_id}: {self.entries} entries verified against "
-        text += f"{self.checkpoints} signed checkpoints"
-        text += f"; last verified {last.describe()}" if last else " (none covers any entry)"
-        if self.entries > covered:
-            text += f"; entries after seq {covered} are not yet covered by a checkpoint"
-        keys = "pinned JWKS" if self.keys_pinned else "JWKS embedded in the export (unpinned)"
-        return f"{text}; chain head {self.head_chain_hash}; keys: {keys}"
-
-
-def _split(path: str, begin: int, end: int, parts: int) -> list[tuple[int, int]]:
-    bounds = [begin]
+def _fast_export(path: str, begin: int, cps: Checkpoints, workers: int) -> tuple[int, bytes] | None:
+    """Verify a canonical export in parallel; None means: run the exact sequential check."""
+    end, bounds = os.path.getsize(path), [begin]
     with open(path, "rb") as f:
-        for k in range(1, parts):
-            f.seek(max(begin + (end - begin) * k // parts - 1, bounds[-1]))
+        for k in range(1, workers):
+            f.seek(max(begin + (end - begin) * k // workers - 1, bounds[-1]))
             f.readline()
             bounds.append(min(f.tell(), end))
     bounds.append(end)
-    return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
-
-
-def _fast_export(
-    path: str, begin: int, cps: dict[int, list[Checkpoint]], workers: int
-) -> tuple[int, bytes] | None:
-    end = os.path.getsize(path)
-    ranges = _split(path, begin, end, workers)
-    cuts = sorted(cps)
-    jobs = [(path, a, b, cuts) for a, b in ranges]
+    jobs = [(path, a, b, sorted(cps)) for a, b in itertools.pairwise(bounds) if a < b]
     if len(jobs) > 1:
         method = "fork" if threading.active_count() == 1 and os.name == "posix" else "spawn"
         with multiprocessing.get_context(method).Pool(len(jobs)) as pool:
             segments = pool.starmap(_scan_segment, jobs)
-            pool.close()
-            pool.join()
     else:
         segments = [_scan_segment(*job) for job in jobs]
-    tree, prev, size = TreeBuilder(), GENESIS, 0
+    tree, prev = TreeBuilder(), GENESIS
     for seg in segments:
-        if seg is None or seg.first_seq != size + 1:
+        if seg is None or seg[0] != tree.size + 1 or chain_hash(prev, seg[2]) != seg[3]:
             return None
-        if chain_hash(prev, seg.first_leaf) != seg.first_chain:
-            return None
-        for piece_end, nodes in seg.pieces:
+        for piece_end, nodes in seg[5]:
             for height, node in nodes:
                 tree.append_subtree(height, node)
-            if tree.size != piece_end:
+            roots = {c.root_hash for c in cps.get(piece_end, ())}
+            if tree.size != piece_end or roots - {tree.root()}:
                 return None
-            if any(cp.root_hash != tree.root() for cp in cps.get(piece_end, ())):
-                return None
-        prev, size = seg.last_chain, size + seg.count
-    if size < max(cps, default=0) or any(c.root_hash != EMPTY_ROOT for c in cps.get(0, ())):
+        prev = seg[4]
+    if tree.size < max(cps, default=0) or {c.root_hash for c in cps.get(0, ())} - {EMPTY_ROOT}:
         return None
-    return size, prev
+    return tree.size, prev
 
 
-def _entry_record(raw: bytes, lineno: int) -> tuple[int, bytes, bytes, bytes]:
+def _record(raw: bytes, lineno: int) -> tuple[int, bytes, bytes, bytes]:
     try:
         rec = json.loads(raw)
-        if not isinstance(rec, dict) or set(rec) != {"seq", "entry", "leaf_hash", "chain_hash"}:
-            raise ValueError("not an entry record")
+        _require(set(rec) == {"seq", "entry", "leaf_hash", "chain_hash"}, "unexpected fields")
         seq, leaf, chain = rec["seq"], rec["leaf_hash"], rec["chain_hash"]
-        if type(seq) is not int or not _HEX32.match(leaf) or not _HEX32.match(chain):
-            raise ValueError("bad seq or hash")
-        entry = _a2b(rec["entry"], strict_mode=True)
-        return seq, entry, bytes.fromhex(leaf), bytes.fromhex(chain)
-    except (ValueError, TypeError, binascii.Error) as exc:
+        _require(type(seq) is int and _HEX32.match(leaf) and _HEX32.match(chain), "bad value")
+        return seq, _a2b(rec["entry"], strict_mode=True), bytes.fromhex(leaf), bytes.fromhex(chain)
+    except _BAD as exc:
         raise VerificationError(f"line {lineno}: malformed entry record ({exc!s})") from None
 
 
-def _check_roots(tree: TreeBuilder, cps: dict[int, list[Checkpoint]], good: int) -> int:
+def _check_roots(tree: TreeBuilder, cps: Checkpoints, good: int) -> int:
     for cp in cps.get(tree.size, ()):
         if cp.root_hash != tree.root():
             since = f"; entries up to seq {good} match the checkpoint at that size" if good else ""
@@ -526,24 +432,23 @@ def _check_roots(tree: TreeBuilder, cps: dict[int, list[Checkpoint]], good: int)
     return tree.size if tree.size in cps else good
 
 
-def _sequential_export(
-    lines: Iterator[bytes], cps: dict[int, list[Checkpoint]]
-) -> tuple[int, bytes]:
+def _sequential_export(lines: Iterable[bytes], cps: Checkpoints) -> tuple[int, bytes]:
+    """The reference check, entry by entry: names the first entry or checkpoint that fails."""
     tree, prev, good = TreeBuilder(), GENESIS, _check_roots(TreeBuilder(), cps, 0)
     for lineno, raw in enumerate(lines, start=2):
-        seq, entry, stored_leaf, stored_chain = _entry_record(raw, lineno)
-        expected = tree.size + 1
+        seq, entry, stored_leaf, stored_chain = _record(raw, lineno)
+        expected, leaf = tree.size + 1, leaf_hash(entry)
         if seq > expected:
+            gone = f"entry {expected}" if seq == expected + 1 else f"entries {expected}..{seq - 1}"
             raise VerificationError(
                 f"entry seq {expected} is missing: line {lineno} holds seq {seq} "
-                f"(entries {expected}..{seq - 1} deleted or moved)"
+                f"({gone} deleted or moved)"
             )
         if seq < expected:
             raise VerificationError(
                 f"line {lineno}: {_name(seq, entry)} is out of order or duplicated "
                 f"(expected seq {expected})"
             )
-        leaf = leaf_hash(entry)
         if leaf != stored_leaf:
             raise VerificationError(
                 f"{_name(seq, entry)} was altered: its bytes do not match its stored leaf hash"
@@ -551,8 +456,8 @@ def _sequential_export(
         prev = chain_hash(prev, leaf)
         if prev != stored_chain:
             raise VerificationError(
-                f"{_name(seq, entry)}: stored chain hash does not follow from the previous "
-                "entry (chain altered, or an entry before it was removed or inserted)"
+                f"{_name(seq, entry)}: its stored chain hash does not follow from the previous "
+                "entry (chain altered, or an entry before it removed or inserted)"
             )
         tree.append(leaf)
         good = _check_roots(tree, cps, good)
@@ -564,28 +469,45 @@ def _sequential_export(
     return tree.size, prev
 
 
-def _read_header(f: Any, path: str) -> dict[str, Any]:
-    try:
-        header = json.loads(f.readline())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: first line is not a JSON header ({exc!s})") from None
-    if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
-        raise InputError(f"{path}: not a {EXPORT_FORMAT} export")
-    return header
+@dataclass(frozen=True)
+class ExportReport:
+    """What a successful export verification established."""
+
+    tenant_id: str
+    entries: int
+    checkpoints: int
+    last_checkpoint: Checkpoint | None
+    head_chain_hash: str
+    keys: str
+
+    def summary(self) -> str:
+        """One-line summary."""
+        last, text = self.last_checkpoint, f"tenant {self.tenant_id}: {self.entries} entries "
+        text += f"verified against {self.checkpoints} signed checkpoints"
+        text += f"; last verified {last.describe()}" if last else " (none covers any entry)"
+        if self.entries > (covered := last.tree_size if last else 0):
+            text += f"; entries after seq {covered} are not yet covered by a checkpoint"
+        return f"{text}; chain head {self.head_chain_hash}; keys: {self.keys}"
 
 
 def verify_export(
     path: str, *, jwks: Any = None, workers: int | None = None, fast: bool = True
 ) -> ExportReport:
-    """Verify an export file: signatures, seq contiguity, hashes, chain and checkpoint roots."""
+    """Verify an export: checkpoint signatures, seq contiguity, hashes, chain, checkpoint roots."""
     with open(path, "rb") as f:
-        header = _read_header(f, path)
+        try:
+            header = json.loads(f.readline())
+        except ValueError as exc:
+            raise InputError(f"{path}: first line is not a JSON header ({exc!s})") from None
         begin = f.tell()
-    tenant, keys = header.get("tenant_id"), jwks if jwks is not None else header.get("jwks")
-    if not isinstance(tenant, str) or not isinstance(header.get("checkpoints"), list):
-        raise VerificationError("export header lacks tenant_id or checkpoints")
-    cps: dict[int, list[Checkpoint]] = {}
-    for raw in header["checkpoints"]:
+    if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
+        raise InputError(f"{path}: not a {EXPORT_FORMAT} export")
+    tenant, raw_cps = header.get("tenant_id"), header.get("checkpoints")
+    if not isinstance(tenant, str) or not isinstance(raw_cps, list):
+        raise VerificationError("the export header lacks tenant_id or checkpoints")
+    keys, origin = _keys(header, jwks)
+    cps: Checkpoints = {}
+    for raw in raw_cps:
         cp = _checked(raw, keys, tenant)
         cps.setdefault(cp.tree_size, []).append(cp)
     if workers is None:
@@ -595,140 +517,131 @@ def verify_export(
     if done is None:
         with open(path, "rb") as f:
             f.seek(begin)
-            done = _sequential_export(iter(f), cps)
-    count, head = done
+            done = _sequential_export(f, cps)
     last = max(
         (c for group in cps.values() for c in group), key=lambda c: c.tree_size, default=None
     )
-    n_cps = sum(map(len, cps.values()))
-    return ExportReport(tenant, count, n_cps, last, head.hex(), jwks is not None)
+    count = sum(map(len, cps.values()))
+    return ExportReport(tenant, done[0], count, last, done[1].hex(), origin)
 
 
-# --- proof files and consent bundles ------------------------------------------------------
-def _hashes(values: Any, what: str) -> list[bytes]:
-    if not isinstance(values, list) or not all(
-        isinstance(v, str) and _HEX32.match(v) for v in values
-    ):
-        raise VerificationError(f"{what} is not a list of 64-digit lowercase hex hashes")
+# --- proof files and proof-of-consent bundles ---------------------------------------------
+def _keys(doc: dict[str, Any], jwks: Any) -> tuple[Any, str]:
+    if jwks is not None:
+        return jwks, "pinned JWKS"
+    return doc.get("jwks"), "embedded JWKS (unpinned)"
+
+
+def _hashes(values: Any) -> list[bytes]:
+    _require(all(isinstance(v, str) and _HEX32.match(v) for v in values), "bad proof hash")
     return [bytes.fromhex(v) for v in values]
 
 
-def _entry_bytes(value: Any, what: str) -> bytes:
+def _proven(item: dict[str, Any], key: str, cp: Checkpoint, index: Any) -> tuple[int, bytes]:
+    """Decode an entry and check its inclusion proof against the checkpoint."""
     try:
-        return _a2b(value, strict_mode=True)
-    except (TypeError, binascii.Error):
-        raise VerificationError(f"{what}: entry is not base64") from None
-
-
-def _keys(doc: Any, jwks: Any) -> tuple[Any, str]:
-    return (jwks, "pinned JWKS") if jwks is not None else (doc.get("jwks"), "embedded JWKS")
-
-
-def verify_inclusion_document(doc: Any, *, jwks: Any = None) -> str:
-    """Verify an inclusion proof file; return the OK summary."""
-    keys, origin = _keys(doc, jwks)
-    cp = _checked(doc.get("checkpoint"), keys, str(doc.get("checkpoint", {}).get("tenant_id")))
-    entry, index = _entry_bytes(doc.get("entry"), "inclusion"), doc.get("leaf_index")
-    if type(index) is not int:
-        raise VerificationError("leaf_index is not an integer")
-    proof = _hashes(doc.get("proof"), "proof")
+        _require(type(index) is int, "leaf index is not an integer")
+        entry, proof = _a2b(item["entry"], strict_mode=True), _hashes(item[key])
+    except _BAD as exc:
+        raise VerificationError(f"malformed entry or proof at leaf index {index}: {exc}") from None
     if not verify_inclusion(leaf_hash(entry), index, cp.tree_size, proof, cp.root_hash):
         raise VerificationError(f"{_name(index + 1, entry)} is not included in {cp.describe()}")
-    return f"{_name(index + 1, entry)} is included in {cp.describe()}; keys: {origin}"
+    return index + 1, entry
 
 
-def verify_consistency_document(doc: Any, *, jwks: Any = None) -> str:
-    """Verify a consistency proof file; return the OK summary."""
+def verify_inclusion_document(doc: dict[str, Any], *, jwks: Any = None) -> str:
+    """Verify an inclusion proof file; return its summary."""
     keys, origin = _keys(doc, jwks)
-    old = _checked(doc.get("old"), keys, str(doc.get("old", {}).get("tenant_id")))
+    cp = _checked(doc.get("checkpoint"), keys)
+    seq, entry = _proven(doc, "proof", cp, doc.get("leaf_index"))
+    return f"{_name(seq, entry)} is included in {cp.describe()}; keys: {origin}"
+
+
+def verify_consistency_document(doc: dict[str, Any], *, jwks: Any = None) -> str:
+    """Verify a consistency proof file; return its summary."""
+    keys, origin = _keys(doc, jwks)
+    old = _checked(doc.get("old"), keys)
     new = _checked(doc.get("new"), keys, old.tenant_id)
-    proof = _hashes(doc.get("proof"), "proof")
-    if not verify_consistency(old.tree_size, new.tree_size, old.root_hash, new.root_hash, proof):
+    try:
+        hashes = _hashes(doc["proof"])
+    except _BAD:
+        raise VerificationError("malformed consistency proof") from None
+    if not verify_consistency(old.tree_size, new.tree_size, old.root_hash, new.root_hash, hashes):
         raise VerificationError(f"{new.describe()} is not an extension of {old.describe()}")
     return f"{new.describe()} extends {old.describe()} (append-only); keys: {origin}"
 
 
-def verify_bundle(doc: Any, *, jwks: Any = None) -> tuple[str, list[str]]:
-    """Verify a proof-of-consent bundle; return the OK summary and one line per entry."""
+def verify_bundle(doc: dict[str, Any], *, jwks: Any = None) -> tuple[str, list[str]]:
+    """Verify a proof-of-consent bundle; return its summary and one line per entry."""
     keys, origin = _keys(doc, jwks)
-    tenant, subject = doc.get("tenant_id"), doc.get("subject_ref")
-    if not isinstance(tenant, str) or not isinstance(subject, str):
-        raise VerificationError("bundle lacks tenant_id or subject_ref")
-    cp = _checked(doc.get("checkpoint"), keys, tenant)
-    entries, lines, seen = doc.get("entries"), [], set()
-    if not isinstance(entries, list) or not entries:
-        raise VerificationError("bundle holds no entries")
-    for item in entries:
-        seq = item.get("seq") if isinstance(item, dict) else None
-        if type(seq) is not int or seq < 1 or item.get("leaf_index") != seq - 1 or seq in seen:
-            raise VerificationError(f"bundle entry {seq!r}: bad or repeated seq/leaf_index")
+    tenant, subject, items = doc.get("tenant_id"), doc.get("subject_ref"), doc.get("entries")
+    if not isinstance(tenant, str) or not isinstance(subject, str) or not isinstance(items, list):
+        raise VerificationError("the bundle lacks tenant_id, subject_ref or entries")
+    cp, lines, seen = _checked(doc.get("checkpoint"), keys, tenant), [], set()
+    for item in items or [None]:
+        if not isinstance(item, dict):
+            raise VerificationError("the bundle holds no entries" if not items else "bad entry")
+        seq = item.get("seq")
+        if type(seq) is not int or item.get("leaf_index") != seq - 1 or seq in seen:
+            raise VerificationError(f"bundle entry seq {seq!r}: bad or repeated seq")
+        seq, entry = _proven(item, "inclusion_proof", cp, seq - 1)
         seen.add(seq)
-        entry = _entry_bytes(item.get("entry"), f"entry seq {seq}")
-        proof = _hashes(item.get("inclusion_proof"), f"entry seq {seq} inclusion_proof")
-        if not verify_inclusion(leaf_hash(entry), seq - 1, cp.tree_size, proof, cp.root_hash):
-            raise VerificationError(f"{_name(seq, entry)} is not included in {cp.describe()}")
         try:
-            fields = decode_audit_entry(entry)
+            f = decode_audit_entry(entry)
         except ValueError as exc:
             raise VerificationError(f"entry seq {seq} is not an AuditEntry: {exc!s}") from None
-        if fields["subject_ref"] != subject or fields["tenant_id"] != tenant:
+        if (f["tenant_id"], f["subject_ref"]) != (tenant, subject):
             raise VerificationError(
-                f"{_name(seq, entry)} belongs to subject {fields['subject_ref']!r} of tenant "
-                f"{fields['tenant_id']}, not subject {subject!r}"
+                f"{_name(seq, entry)} belongs to subject {f['subject_ref']!r} of tenant "
+                f"{f['tenant_id']}, not to subject {subject!r}"
             )
+        when = f.get("event_time", "?")
         lines.append(
-            f"seq {seq}: {fields['event_type']} event {fields['event_id']} "
-            f"at {fields.get('event_time', '?')} from {fields['event_source']}"
+            f"seq {seq}: {f['event_type']} event {f['event_id']} at {when} from {f['event_source']}"
         )
     summary = f"subject {subject} of tenant {tenant}: {len(lines)} entries included in "
-    return summary + f"{cp.describe()}; keys: {origin}", lines
+    return f"{summary}{cp.describe()}; keys: {origin}", lines
 
 
 # --- command line -------------------------------------------------------------------------
-def _load_json(path: str) -> Any:
+def _load(path: str, fmt: str | None = None) -> Any:
     try:
         with open(path, "rb") as f:
-            return json.load(f)
+            doc = json.load(f)
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path}: {exc!s}") from None
-
-
-def _document(path: str, fmt: str) -> Any:
-    doc = _load_json(path)
-    if not isinstance(doc, dict) or doc.get("format") != fmt:
-        raise InputError(f"{path}: not a {fmt} file")
+        raise InputError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if fmt and (not isinstance(doc, dict) or doc.get("format") != fmt):
+        raise InputError(f"{path} is not a {fmt} file")
     return doc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point: 0 verified, 1 verification failed, 2 unreadable input."""
+    """Command line: exit 0 verified, 1 verification failed, 2 unreadable input."""
     parser = argparse.ArgumentParser(prog="consentry-verify", description=__doc__)
     parser.add_argument("kind", choices=["export", "inclusion", "consistency", "bundle"])
     parser.add_argument("file")
-    parser.add_argument("--jwks", help="trusted JWKS file (pins keys; default: embedded keys)")
+    parser.add_argument("--jwks", help="trusted JWKS file (pins the keys; default: embedded)")
     parser.add_argument("--workers", type=int, help="processes for export (default: auto)")
     args = parser.parse_args(argv)
+    details: list[str] = []
     try:
-        jwks = _load_json(args.jwks) if args.jwks else None
-        details: list[str] = []
+        jwks = _load(args.jwks) if args.jwks else None
         if args.kind == "export":
             summary = verify_export(args.file, jwks=jwks, workers=args.workers).summary()
         elif args.kind == "inclusion":
-            summary = verify_inclusion_document(_document(args.file, INCLUSION_FORMAT), jwks=jwks)
+            summary = verify_inclusion_document(_load(args.file, INCLUSION_FORMAT), jwks=jwks)
         elif args.kind == "consistency":
-            doc = _document(args.file, CONSISTENCY_FORMAT)
-            summary = verify_consistency_document(doc, jwks=jwks)
+            summary = verify_consistency_document(_load(args.file, CONSISTENCY_FORMAT), jwks=jwks)
         else:
-            summary, details = verify_bundle(_document(args.file, BUNDLE_FORMAT), jwks=jwks)
+            summary, details = verify_bundle(_load(args.file, BUNDLE_FORMAT), jwks=jwks)
     except (InputError, OSError) as exc:
-        print(f"ERROR: {exc!s}", file=sys.stderr)
+        why = f"cannot read {exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else exc
+        print(f"ERROR: {why}", file=sys.stderr)
         return 2
     except VerificationError as exc:
         print(f"FAILED: {exc!s}")
         return 1
-    print(f"OK {args.kind}: {summary}")
-    for line in details:
-        print(f"  {line}")
+    print(f"OK {args.kind}: {summary}", *(f"  {line}" for line in details), sep="\n")
     return 0
 
 
