@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated
+from collections.abc import AsyncIterator, Awaitable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import StreamingResponse
 
-from consentry.audit.chain import repository, service
-from consentry.audit.chain.checkpoints import rfc3339
+from consentry.audit.chain import proofs, repository, service
 from consentry.audit.chain.models import (
     AuditEntryOut,
     AuditEntryPage,
     ChainReport,
     CheckpointOut,
-    Jwk,
     Jwks,
 )
 from consentry.eventing.db import Pool
@@ -71,30 +71,79 @@ async def entries(
     )
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 @router.get("/checkpoints/latest", response_model=CheckpointOut)
 async def latest_checkpoint(request: Request, principal: AuditRead) -> CheckpointOut:
     """The newest signed checkpoint of the caller's tenant chain."""
     async with _pool(request).acquire() as conn:
-        row = await repository.latest_checkpoint(conn, tenant_id=principal.tenant_id)
-    if row is None:
-        raise Problem(404, "no-checkpoint", "No checkpoint has been signed for this tenant yet")
-    return CheckpointOut(
-        tenant_id=str(row["tenant_id"]),
-        tree_size=row["tree_size"],
-        root_hash=row["root_hash"].hex(),
-        timestamp=rfc3339(row["checkpoint_time"]),
-        key_id=row["key_id"],
-        signature=_b64url(row["signature"]),
-    )
+        document = await _proof(proofs.checkpoint(conn, principal.tenant_id, None), "no-checkpoint")
+    return CheckpointOut(**document)
 
 
 @router.get("/keys", response_model=Jwks)
 async def keys(request: Request) -> Jwks:
     """The public keys that sign checkpoints, as a JWKS (public: no API key needed)."""
     async with _pool(request).acquire() as conn:
-        rows = await repository.signing_keys(conn)
-    return Jwks(keys=[Jwk(kid=row["key_id"], x=_b64url(row["public_key"])) for row in rows])
+        return Jwks.model_validate(await proofs.key_set(conn))
+
+
+@router.get("/entries/{seq}/inclusion")
+async def inclusion_proof(
+    request: Request,
+    principal: AuditRead,
+    seq: Annotated[int, Path(ge=1)],
+    tree_size: Annotated[
+        int | None, Query(ge=1, description="a checkpoint's size; default newest")
+    ] = None,
+) -> dict[str, Any]:
+    """An inclusion proof of one entry against a signed checkpoint (format inclusion.v1)."""
+    async with _pool(request).acquire() as conn:
+        return await _proof(proofs.inclusion(conn, principal.tenant_id, seq, tree_size))
+
+
+@router.get("/consistency")
+async def consistency_proof(
+    request: Request,
+    principal: AuditRead,
+    old_size: Annotated[int, Query(ge=1, description="the older checkpoint's size")],
+    new_size: Annotated[
+        int | None, Query(ge=1, description="default: the newest checkpoint")
+    ] = None,
+) -> dict[str, Any]:
+    """A consistency proof between two signed checkpoints (consentry.audit.consistency.v1)."""
+    async with _pool(request).acquire() as conn:
+        return await _proof(proofs.consistency(conn, principal.tenant_id, old_size, new_size))
+
+
+@router.get("/subjects/{subject_ref}/bundle")
+async def proof_of_consent(
+    request: Request,
+    principal: AuditRead,
+    subject_ref: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")],
+) -> dict[str, Any]:
+    """A subject's proof-of-consent bundle, verifiable offline (consentry.audit.bundle.v1)."""
+    async with _pool(request).acquire() as conn:
+        return await _proof(proofs.bundle(conn, principal.tenant_id, subject_ref))
+
+
+@router.get("/export", response_class=StreamingResponse)
+async def export(request: Request, principal: AuditRead) -> StreamingResponse:
+    """The caller's whole chain with every checkpoint, as JSON Lines (consentry.audit.export.v1)."""
+
+    async def lines() -> AsyncIterator[str]:
+        async with (
+            _pool(request).acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            async for line in proofs.export_lines(conn, principal.tenant_id):
+                yield line
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+async def _proof(
+    pending: Awaitable[dict[str, Any]], slug: str = "proof-not-available"
+) -> dict[str, Any]:
+    try:
+        return await pending
+    except proofs.ProofError as exc:
+        raise Problem(404, slug, "Nothing to prove that with", str(exc)) from None
