@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import asyncpg
+import httpx
 import pytest_asyncio
 
 from consentry.audit.__main__ import migrations
+from consentry.audit.app import create_app
+from consentry.audit.settings import ApiSettings
 from consentry.eventing.envelope import ReceivedEvent, decode, encode
 from consentry.eventing.migrations import migrate_dsn
 from consentry.eventing.testing import consent_event
@@ -34,3 +38,21 @@ def received(tenant: uuid.UUID, subject: str, version: int, *, given: bool = Tru
         consent_event(str(tenant), subject, version, given=given, source="/consentry/consent")
     )
     return decode(record.key, record.value, list(record.headers))
+
+
+@asynccontextmanager
+async def audit_api(
+    audit_db: str, tenant: uuid.UUID, key: str, *, authenticated: bool = True
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The audit API on `audit_db` with `key` as the dev key of `tenant`, and a client for it."""
+    settings = ApiSettings(
+        database_url=audit_db, environment="test", dev_api_key=key, dev_tenant_id=tenant
+    )
+    app = create_app(settings)
+    headers = {"X-API-Key": key} if authenticated else {}
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://audit", headers=headers) as client,
+    ):
+        yield client

@@ -11,12 +11,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from consentry.audit.app import create_app
 from consentry.audit.chain.hashing import leaf_hash
 from consentry.audit.chain.service import append_event
-from consentry.audit.settings import ApiSettings
 
-from .conftest import received
+from .conftest import audit_api, received
 
 pytestmark = pytest.mark.integration
 KEY = "audit-test-key-0123456789abcdef"
@@ -26,19 +24,7 @@ OTHER = uuid.UUID("00000000-0000-4000-8000-0000000000d2")
 
 @pytest_asyncio.fixture
 async def client(audit_db: str) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
-        ApiSettings(
-            database_url=audit_db, environment="test", dev_api_key=KEY, dev_tenant_id=TENANT
-        )
-    )
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://audit",
-            headers={"X-API-Key": KEY},
-        ) as client,
-    ):
+    async with audit_api(audit_db, TENANT, KEY) as client:
         yield client
 
 

@@ -8,19 +8,17 @@ import uuid
 from datetime import timedelta
 
 import asyncpg
-import httpx
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from consentry.audit.app import create_app
 from consentry.audit.chain import checkpoints
 from consentry.audit.chain.service import append_event
 from consentry.audit.consentry_verify import checkpoint_body
-from consentry.audit.settings import ApiSettings, AppenderSettings, seed_bytes
+from consentry.audit.settings import AppenderSettings, seed_bytes
 from consentry.audit.v1 import audit_pb2
 
-from .conftest import received
+from .conftest import audit_api, received
 
 pytestmark = pytest.mark.integration
 TENANT = uuid.UUID("00000000-0000-4000-8000-0000000000f1")
@@ -166,17 +164,7 @@ async def test_the_api_serves_the_latest_checkpoint_and_the_jwks(
     await append(db, 3)
     async with db.transaction():
         await checkpoints.checkpoint(db, SIGNER, TENANT, every=1, interval=NOW)
-    app = create_app(
-        ApiSettings(
-            database_url=audit_db, environment="test", dev_api_key=KEY, dev_tenant_id=TENANT
-        )
-    )
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://audit"
-        ) as client,
-    ):
+    async with audit_api(audit_db, TENANT, KEY, authenticated=False) as client:
         jwks = (await client.get("/v1/audit/keys")).json()  # public: no key
         latest = (
             await client.get("/v1/audit/checkpoints/latest", headers={"X-API-Key": KEY})
@@ -197,19 +185,7 @@ async def test_the_api_serves_the_latest_checkpoint_and_the_jwks(
 
 
 async def test_no_checkpoint_yet_is_a_404_problem(audit_db: str) -> None:
-    app = create_app(
-        ApiSettings(
-            database_url=audit_db, environment="test", dev_api_key=KEY, dev_tenant_id=TENANT
-        )
-    )
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://audit",
-            headers={"X-API-Key": KEY},
-        ) as client,
-    ):
+    async with audit_api(audit_db, TENANT, KEY) as client:
         response = await client.get("/v1/audit/checkpoints/latest")
     assert response.status_code == 404
     assert response.json()["type"] == "urn:consentry:problem:no-checkpoint"

@@ -16,7 +16,6 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from consentry.audit.app import create_app
 from consentry.audit.chain import checkpoints
 from consentry.audit.chain.service import append_event
 from consentry.audit.consentry_verify import (
@@ -26,9 +25,8 @@ from consentry.audit.consentry_verify import (
     verify_export,
     verify_inclusion_document,
 )
-from consentry.audit.settings import ApiSettings
 
-from .conftest import received
+from .conftest import audit_api, received
 
 pytestmark = pytest.mark.integration
 TENANT = uuid.UUID("00000000-0000-4000-8000-0000000000b7")
@@ -50,18 +48,7 @@ async def client(audit_db: str, db: asyncpg.Connection) -> AsyncIterator[httpx.A
                 await checkpoints.checkpoint(
                     db, SIGNER, TENANT, every=3, interval=timedelta(hours=1)
                 )
-    settings = ApiSettings(
-        database_url=audit_db, environment="test", dev_api_key=KEY, dev_tenant_id=TENANT
-    )
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://audit",
-            headers={"X-API-Key": KEY},
-        ) as client,
-    ):
+    async with audit_api(audit_db, TENANT, KEY) as client:
         yield client
 
 
