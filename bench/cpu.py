@@ -23,6 +23,7 @@ _ROLES = (
     (("consentry.consent", "api"), "consent api"),
     (("consentry.consent", "relay"), "consent relay"),
     (("consentry.audit", "appender"), "audit appender"),
+    (("consentry.audit", "relay"), "audit relay"),
     (("consentry.audit", "api"), "audit api"),
 )
 

@@ -21,6 +21,7 @@ _CPU_ORDER = (
     "postgres",
     "consent relay",
     "audit appender",
+    "audit relay",
     "audit api",
     "broker",
     "bench orchestrator",
