@@ -1,7 +1,7 @@
 """The whole stack as separate processes, on the session's PostgreSQL server and broker.
 
-The consent relay is left out of the supervised processes: tests start, kill and restart it
-themselves (`relay` fixture).
+The consent relay and the audit appender are left out of the supervised processes: tests
+start, kill and restart them themselves (`relay` and `appender` fixtures).
 """
 
 from __future__ import annotations
@@ -17,18 +17,22 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest_asyncio
 
-from consentry.devstack.postgres import drop_database
+from consentry.devstack.postgres import drop_database, with_user
 from consentry.devstack.services import DEV_API_KEY, SERVICES, Service, child_env
 from consentry.devstack.stack import DevStack, DevStackSettings
 
+# Processes the tests run themselves, to kill and restart them.
+UNSUPERVISED = {("consent", "relay"), ("audit", "appender")}
 
-def _without_consent_relay() -> list[Service]:
+
+def _supervised() -> list[Service]:
     return [
         dataclasses.replace(
-            service, processes=tuple(p for p in service.processes if p.name != "relay")
+            service,
+            processes=tuple(
+                p for p in service.processes if (service.name, p.name) not in UNSUPERVISED
+            ),
         )
-        if service.name == "consent"
-        else service
         for service in SERVICES
     ]
 
@@ -49,7 +53,7 @@ async def stack(pg_server_dsn: str, kafka_bootstrap: str) -> AsyncIterator[DevSt
     try:
         # app_roles: the audit processes run with the restricted role even on a real server.
         async with DevStack(
-            settings, services=_without_consent_relay(), database_names=names, app_roles=True
+            settings, services=_supervised(), database_names=names, app_roles=True
         ) as stack:
             yield stack
     finally:
@@ -61,26 +65,22 @@ async def stack(pg_server_dsn: str, kafka_bootstrap: str) -> AsyncIterator[DevSt
             await drop_database(pg_server_dsn, name)
 
 
-class Relay:
-    """The consent outbox relay as a real process the test can kill -9 and restart."""
+class Worker:
+    """A service's worker as a real process the test can kill -9 and restart."""
 
-    def __init__(self, stack: DevStack) -> None:
+    def __init__(self, service: str, command: str, database_dsn: str, bootstrap: str) -> None:
+        self._argv = [sys.executable, "-m", f"consentry.{service}", command]
         self._env = {
             **os.environ,
             **child_env(
-                database_dsn=stack.database_dsn("consent"),
-                bootstrap=stack.bootstrap,
-                http_host="",
-                http_port=None,
+                database_dsn=database_dsn, bootstrap=bootstrap, http_host="", http_port=None
             ),
             "CONSENTRY_RELAY_BATCH_SIZE": "50",
         }
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "consentry.consent", "relay", env=self._env
-        )
+        self.process = await asyncio.create_subprocess_exec(*self._argv, env=self._env)
 
     async def kill(self, sig: int = signal.SIGKILL) -> int:
         assert self.process is not None
@@ -90,9 +90,21 @@ class Relay:
         return code
 
 
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
+async def appender(stack: DevStack) -> AsyncIterator[Worker]:
+    """The audit appender, logged in with the append-only role like the supervised processes."""
+    dsn = with_user(stack.database_dsn("audit"), "consentry_audit_app")
+    worker = Worker("audit", "appender", dsn, stack.bootstrap)
+    await worker.start()
+    yield worker
+    if worker.process is not None:
+        await worker.kill(signal.SIGTERM)
+
+
 @pytest_asyncio.fixture(loop_scope="session")
-async def relay(stack: DevStack) -> AsyncIterator[Relay]:
-    relay = Relay(stack)
+async def relay(stack: DevStack, appender: Worker) -> AsyncIterator[Worker]:
+    """The consent relay (and, through its fixture, the audit appender) running."""
+    relay = Worker("consent", "relay", stack.database_dsn("consent"), stack.bootstrap)
     await relay.start()
     yield relay
     if relay.process is not None:

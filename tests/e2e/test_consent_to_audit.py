@@ -25,7 +25,7 @@ from consentry.devstack.stack import DevStack
 from consentry.eventing import topics
 from consentry.eventing.testing import collect, header
 
-from .conftest import Relay
+from .conftest import Worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -94,7 +94,7 @@ def decision_of(entry: dict[str, object]) -> tuple[str, int]:
 
 
 async def test_consents_reach_the_audit_chain_in_per_subject_order(
-    relay: Relay, consent_api: httpx.AsyncClient, audit_api: httpx.AsyncClient, stack: DevStack
+    relay: Worker, consent_api: httpx.AsyncClient, audit_api: httpx.AsyncClient, stack: DevStack
 ) -> None:
     subjects = [f"person-{secrets.token_hex(3)}@example.com" for _ in range(6)]
 
@@ -149,7 +149,7 @@ async def test_consents_reach_the_audit_chain_in_per_subject_order(
 
 
 async def test_poison_is_dead_lettered_and_the_appender_keeps_going(
-    relay: Relay, consent_api: httpx.AsyncClient, audit_api: httpx.AsyncClient, stack: DevStack
+    relay: Worker, consent_api: httpx.AsyncClient, audit_api: httpx.AsyncClient, stack: DevStack
 ) -> None:
     poison_key = f"poison-{uuid.uuid4().hex}".encode()
     producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
@@ -192,7 +192,7 @@ async def test_poison_is_dead_lettered_and_the_appender_keeps_going(
 
 
 async def test_relay_killed_mid_stream_loses_nothing_and_duplicates_nothing(
-    relay: Relay, consent_api: httpx.AsyncClient, audit_api: httpx.AsyncClient, stack: DevStack
+    relay: Worker, consent_api: httpx.AsyncClient, audit_api: httpx.AsyncClient, stack: DevStack
 ) -> None:
     subjects = [f"kill-{secrets.token_hex(3)}" for _ in range(20)]
     purposes = [f"purpose-{n}" for n in range(15)]
@@ -240,7 +240,7 @@ async def test_relay_killed_mid_stream_loses_nothing_and_duplicates_nothing(
 
 
 async def test_tampering_with_one_entry_is_reported_at_that_entry(
-    relay: Relay, consent_api: httpx.AsyncClient, audit_api: httpx.AsyncClient, stack: DevStack
+    relay: Worker, consent_api: httpx.AsyncClient, audit_api: httpx.AsyncClient, stack: DevStack
 ) -> None:
     subject = f"tamper-{secrets.token_hex(3)}"
     await decide(consent_api, subject, "performance", "given")
@@ -273,7 +273,7 @@ async def test_tampering_with_one_entry_is_reported_at_that_entry(
 
 
 async def test_the_appender_signs_checkpoints_that_verify_with_the_published_keys(
-    relay: Relay, consent_api: httpx.AsyncClient, audit_api: httpx.AsyncClient
+    relay: Worker, consent_api: httpx.AsyncClient, audit_api: httpx.AsyncClient
 ) -> None:
     subject = f"checkpoint-{secrets.token_hex(3)}"
     await decide(consent_api, subject, "performance", "given")
@@ -297,7 +297,7 @@ async def test_the_appender_signs_checkpoints_that_verify_with_the_published_key
 
 
 async def test_the_audit_topic_follower_verifies_the_live_chain(
-    relay: Relay, consent_api: httpx.AsyncClient, audit_api: httpx.AsyncClient, stack: DevStack
+    relay: Worker, consent_api: httpx.AsyncClient, audit_api: httpx.AsyncClient, stack: DevStack
 ) -> None:
     subject = f"follower-{secrets.token_hex(3)}"
     await decide(consent_api, subject, "performance", "given")
@@ -324,3 +324,40 @@ async def test_the_audit_topic_follower_verifies_the_live_chain(
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert all(line.startswith("OK tenant ") for line in out.getvalue().splitlines())
+
+
+async def test_appender_killed_mid_stream_leaves_no_gap_and_no_duplicate(
+    relay: Worker,
+    appender: Worker,
+    consent_api: httpx.AsyncClient,
+    audit_api: httpx.AsyncClient,
+    stack: DevStack,
+) -> None:
+    subjects = [f"appender-kill-{secrets.token_hex(3)}" for _ in range(20)]
+    purposes = [f"purpose-{n}" for n in range(15)]
+    before = (await audit_api.get("/v1/audit/verify")).json()["entries"]
+
+    async def write(subject: str) -> None:
+        for purpose in purposes:
+            await decide(consent_api, subject, purpose, "given")
+
+    writers = asyncio.gather(*(write(subject) for subject in subjects))
+    async with asyncio.timeout(30):  # kill once the chain has grown, but not by everything
+        while (await audit_api.get("/v1/audit/verify")).json()["entries"] < before + 100:
+            await asyncio.sleep(0.02)
+    assert await appender.kill() == -9
+    await writers
+    grown = (await audit_api.get("/v1/audit/verify")).json()["entries"] - before
+    assert grown < len(subjects) * len(purposes)  # the kill left work behind
+    await appender.start()
+
+    refs = {await subject_ref(consent_api, subject) for subject in subjects}
+    await wait_for_entries(audit_api, refs, len(subjects) * len(purposes), seconds=60)
+    await asyncio.sleep(1.0)  # anything duplicated would arrive now
+    entries = await audit_entries(audit_api)
+    assert [int(str(e["seq"])) for e in entries] == list(range(1, len(entries) + 1))  # no gap
+    mine = [e for e in entries if e["subject_ref"] in refs]
+    assert len(mine) == len({e["event_id"] for e in mine}) == len(subjects) * len(purposes)
+    report = (await audit_api.get("/v1/audit/verify")).json()
+    assert report["ok"] is True
+    assert report["entries"] == len(entries)

@@ -12,7 +12,7 @@ import pytest
 
 from consentry.devstack.stack import DevStack
 
-from .conftest import Relay
+from .conftest import Worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -38,7 +38,7 @@ async def run(command: str) -> str:
     return out.decode()
 
 
-async def test_readme_quick_start_works_as_written(relay: Relay, stack: DevStack) -> None:
+async def test_readme_quick_start_works_as_written(relay: Worker, stack: DevStack) -> None:
     assert shutil.which("curl"), "the README's examples use curl"
     ports = {
         "http://127.0.0.1:8001": stack.api_url("consent"),
