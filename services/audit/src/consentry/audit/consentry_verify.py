@@ -3,6 +3,8 @@
 One file needing only the standard library and `cryptography` (Ed25519): copy it anywhere and
 run `python consentry_verify.py {export,inclusion,consistency,bundle} FILE [--jwks KEYS]`.
 Formats: docs/audit-formats.md. Merkle trees follow RFC 9162 section 2.1 (RFC 6962 hashes).
+It is deliberately one file, longer than our usual ~400 lines: an auditor must be able to read
+and run it alone. The service imports its hashes and checkpoint body from here (one definition).
 """
 
 from __future__ import annotations
