@@ -63,4 +63,4 @@ async def test_readme_quick_start_works_as_written(relay: Worker, stack: DevStac
     assert report["ok"] is True
     page = json.loads(await run(entries.replace("?limit=10", f"?after_seq={before}&limit=10")))
     assert page["entries"][0]["subject_ref"] == listed["subject_ref"]
-    assert len(json.loads(await run(entries))["entries"]) == 10
+    assert len(json.loads(await run(entries))["entries"]) == min(10, report["entries"])

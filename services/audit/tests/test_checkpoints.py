@@ -12,6 +12,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from consentry.audit import merkle
 from consentry.audit.chain import checkpoints
 from consentry.audit.chain.service import append_event
 from consentry.audit.consentry_verify import checkpoint_body
@@ -74,7 +75,7 @@ async def test_a_checkpoint_is_signed_stored_and_verifiable(db: asyncpg.Connecti
     ]
     assert row["root_hash"] == mth(leaves)
     body = checkpoint_body(
-        str(TENANT), 5, row["root_hash"], checkpoints.rfc3339(row["checkpoint_time"])
+        str(TENANT), 5, row["root_hash"], merkle.timestamp(row["checkpoint_time"])
     )
     assert body.startswith(f"consentry.audit/{TENANT}\n5\n".encode())
     Ed25519PublicKey.from_public_bytes(SIGNER.public_key).verify(row["signature"], body)

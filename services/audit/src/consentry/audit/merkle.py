@@ -93,7 +93,8 @@ def timestamp(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _b64url(raw: bytes) -> str:
+def b64url(raw: bytes) -> str:
+    """Unpadded base64url."""
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
@@ -114,18 +115,22 @@ def sign_checkpoint(
         "root_hash": root_hash.hex(),
         "timestamp": stamp,
         "key_id": key_id,
-        "signature": _b64url(private_key.sign(body)),
+        "signature": b64url(private_key.sign(body)),
     }
 
 
 def public_jwk(key_id: str, public_key: Ed25519PublicKey) -> dict[str, str]:
     """The JWK of an Ed25519 public key."""
-    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return raw_jwk(key_id, public_key.public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def raw_jwk(key_id: str, raw: bytes) -> dict[str, str]:
+    """The JWK (RFC 8037) of a raw 32-byte Ed25519 public key."""
     return {
         "kty": "OKP",
         "crv": "Ed25519",
         "kid": key_id,
-        "x": _b64url(raw),
+        "x": b64url(raw),
         "alg": "EdDSA",
         "use": "sig",
     }

@@ -15,6 +15,7 @@ from uuid import UUID
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from consentry.audit import merkle
 from consentry.audit.chain import events
 from consentry.audit.consentry_verify import checkpoint_body
 from consentry.eventing import outbox
@@ -32,11 +33,6 @@ LEFT JOIN LATERAL (
 WHERE h.seq > coalesce(c.tree_size, 0)
   AND (h.seq - coalesce(c.tree_size, 0) >= $1 OR coalesce(c.checkpoint_time, '-infinity') <= $2)
 """
-
-
-def rfc3339(moment: datetime) -> str:
-    """UTC, second precision, `Z` suffix: the checkpoint's timestamp line."""
-    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -91,7 +87,7 @@ async def checkpoint(
     due = grown > 0 and (grown >= every or last_time is None or now - last_time >= interval)
     if not due:
         return None
-    timestamp = rfc3339(now)
+    timestamp = merkle.timestamp(now)
     body = checkpoint_body(str(tenant_id), row["tree_size"], row["root_hash"], timestamp)
     signature = signer.private_key.sign(body)
     moment = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)

@@ -7,7 +7,6 @@ Proofs are computed from the tree's leaf hashes up to the checkpoint's size: O(n
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
@@ -15,7 +14,6 @@ from uuid import UUID
 import asyncpg
 
 from consentry.audit import merkle
-from consentry.audit.chain.checkpoints import rfc3339
 from consentry.eventing.db import Connection
 
 _CHECKPOINTS = """
@@ -43,39 +41,22 @@ class ProofError(LookupError):
     """What was asked for does not exist (no such checkpoint, entry or subject)."""
 
 
-def b64url(data: bytes) -> str:
-    """Unpadded base64url."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def checkpoint_document(row: asyncpg.Record) -> dict[str, Any]:
     """A stored checkpoint in its JSON form (the timestamp exactly as signed)."""
     return {
         "tenant_id": str(row["tenant_id"]),
         "tree_size": row["tree_size"],
         "root_hash": row["root_hash"].hex(),
-        "timestamp": rfc3339(row["checkpoint_time"]),
+        "timestamp": merkle.timestamp(row["checkpoint_time"]),
         "key_id": row["key_id"],
-        "signature": b64url(row["signature"]),
+        "signature": merkle.b64url(row["signature"]),
     }
 
 
 async def key_set(conn: Connection) -> dict[str, Any]:
     """JWKS of every key that ever signed a checkpoint."""
     rows = await conn.fetch(_KEYS)
-    return {
-        "keys": [
-            {
-                "kty": "OKP",
-                "crv": "Ed25519",
-                "kid": row["key_id"],
-                "x": b64url(row["public_key"]),
-                "alg": "EdDSA",
-                "use": "sig",
-            }
-            for row in rows
-        ]
-    }
+    return {"keys": [merkle.raw_jwk(row["key_id"], row["public_key"]) for row in rows]}
 
 
 async def checkpoint(conn: Connection, tenant_id: UUID, tree_size: int | None) -> dict[str, Any]:

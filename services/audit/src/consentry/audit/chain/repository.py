@@ -69,20 +69,3 @@ async def page(
 ) -> list[asyncpg.Record]:
     """Up to `limit` entries after `after_seq`, optionally of one subject."""
     return list(await conn.fetch(_PAGE, tenant_id, after_seq, subject_ref, limit))
-
-
-_LATEST_CHECKPOINT = """
-SELECT tenant_id, tree_size, root_hash, checkpoint_time, key_id, signature
-FROM audit_checkpoints WHERE tenant_id = $1 ORDER BY tree_size DESC LIMIT 1
-"""
-_KEYS = "SELECT key_id, public_key FROM audit_signing_keys ORDER BY first_used, key_id"
-
-
-async def latest_checkpoint(conn: Connection, *, tenant_id: UUID) -> asyncpg.Record | None:
-    """The tenant's newest checkpoint, or None."""
-    return await conn.fetchrow(_LATEST_CHECKPOINT, tenant_id)
-
-
-async def signing_keys(conn: Connection) -> list[asyncpg.Record]:
-    """Every registered signing key (id and raw public key)."""
-    return list(await conn.fetch(_KEYS))
