@@ -111,8 +111,52 @@ async def relay(stack: DevStack, appender: Worker) -> AsyncIterator[Worker]:
         await relay.kill(signal.SIGTERM)
 
 
+# The dev tenant's first policy version: every default purpose and the extra purposes the
+# tests use. The README's quick start publishes the same version (then answered 409).
+POLICY_VERSION = "2026-11"
+EXTRA_PURPOSES = tuple(f"purpose-{n}" for n in range(15))
+DEFAULT_PURPOSES = (
+    "required",
+    "performance",
+    "functionality",
+    "targeting",
+    "joint-marketing",
+    "transfer-outside-eea",
+    "marketing-email",
+)
+
+
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
+async def dev_policy(stack: DevStack) -> str:
+    """Publish the dev tenant's first policy version (once per stack)."""
+    async with httpx.AsyncClient(
+        base_url=stack.api_url("consent"),
+        headers={"Authorization": f"Bearer {DEV_API_KEY}"},
+        timeout=30,
+    ) as client:
+        for purpose in EXTRA_PURPOSES:
+            created = await client.put(
+                f"/v1/purposes/{purpose}", json={"title": purpose, "legal_basis": "consent"}
+            )
+            assert created.status_code in (200, 201), created.text
+        published = await client.post(
+            "/v1/policy-versions",
+            json={
+                "version": POLICY_VERSION,
+                "url": "https://example.com/privacy/2026-11",
+                "effective_on": "2026-11-01",
+                "purposes": [
+                    {"purpose": purpose, "notice": f"What we do for {purpose}."}
+                    for purpose in (*DEFAULT_PURPOSES, *EXTRA_PURPOSES)
+                ],
+            },
+        )
+        assert published.status_code == 201, published.text
+    return POLICY_VERSION
+
+
 @pytest_asyncio.fixture(loop_scope="session")
-async def consent_api(stack: DevStack) -> AsyncIterator[httpx.AsyncClient]:
+async def consent_api(stack: DevStack, dev_policy: str) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
         base_url=stack.api_url("consent"),
         headers={"Authorization": f"Bearer {DEV_API_KEY}"},

@@ -152,7 +152,13 @@ def test_the_services_table() -> None:
     assert [s.name for s in SERVICES] == ["consent", "audit"]
     assert {s.database for s in SERVICES} == {"consentry_consent", "consentry_audit"}
     topics = {t for s in SERVICES for t in s.topics}
-    assert topics == {"consentry.consent.v1", "consentry.audit.v1", "consentry.dlq.audit-appender"}
+    assert topics == {
+        "consentry.consent.v1",
+        "consentry.consent.intake.v1",
+        "consentry.dlq.consent-intake",
+        "consentry.audit.v1",
+        "consentry.dlq.audit-appender",
+    }
     for service in SERVICES:
         assert service.migrate[1:] == ("-m", f"consentry.{service.name}", "migrate")
         assert service.http is not None

@@ -34,19 +34,20 @@ async def test_migrate_is_idempotent(consent_db: str) -> None:
 
 
 async def test_replay_queues_published_events_again(
-    client: httpx.AsyncClient, db: asyncpg.Connection, consent_db: str
+    client: httpx.AsyncClient, db: asyncpg.Connection, consent_db: str, published_policy: str
 ) -> None:
     for purpose in ("performance", "targeting"):
         response = await client.put(
-            f"/v1/subjects/u/consents/{purpose}", json={"status": "given", "policy_version": "1"}
+            f"/v1/subjects/u/consents/{purpose}",
+            json={"status": "given", "policy_version": "2026-01"},
         )
         assert response.status_code == 200
     await db.execute("UPDATE eventing_outbox SET published_at = now()")  # as the relay would
 
     code, out = await cli(consent_db, "replay", "--since", "2000-01-01")
     assert code == 0, out
-    assert "2 event(s) queued for re-publication" in out
-    assert await db.fetchval("SELECT count(*) FROM eventing_outbox WHERE published_at IS NULL") == 2
+    assert "3 event(s) queued for re-publication" in out  # policy.published and 2 decisions
+    assert await db.fetchval("SELECT count(*) FROM eventing_outbox WHERE published_at IS NULL") == 3
 
     code, out = await cli(consent_db, "replay", "--since", "2999-01-01T00:00:00+0000")
     assert "0 event(s) queued" in out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -11,10 +10,10 @@ import httpx
 import pytest
 
 from consentry.consent.settings import ApiSettings
-from consentry.eventing import catalogue
-from consentry.eventing.envelope import decode
+from consentry.eventing import catalogue, testing
+from consentry.eventing.envelope import ReceivedEvent
 
-from .conftest import API_KEY, TENANT_ID
+from .conftest import API_KEY, TENANT_ID, publish_first_policy
 
 pytestmark = pytest.mark.integration
 PROBLEM = "application/problem+json"
@@ -24,21 +23,13 @@ def give(policy: str = "2026-01", **extra: object) -> dict[str, object]:
     return {"status": "given", "policy_version": policy, **extra}
 
 
-async def outbox_events(db: asyncpg.Connection) -> list[object]:
-    rows = await db.fetch(
-        "SELECT message_key, headers, payload FROM eventing_outbox ORDER BY position"
-    )
-    return [
-        decode(
-            row["message_key"],
-            row["payload"],
-            [(k, v.encode()) for k, v in json.loads(row["headers"]).items()],
-        )
-        for row in rows
-    ]
+async def outbox_events(db: asyncpg.Connection) -> list[ReceivedEvent]:
+    return await testing.outbox_events(db, catalogue.CONSENT_GIVEN, catalogue.CONSENT_WITHDRAWN)
 
 
-async def test_give_then_read_back(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+async def test_give_then_read_back(
+    client: httpx.AsyncClient, db: asyncpg.Connection, published_policy: str
+) -> None:
     response = await client.put(
         "/v1/subjects/alice@example.com/consents/performance",
         json=give(method="banner", source="web-banner"),
@@ -55,9 +46,9 @@ async def test_give_then_read_back(client: httpx.AsyncClient, db: asyncpg.Connec
     assert len(listed["subject_ref"]) == 64
 
     (event,) = await outbox_events(db)
-    assert event.type is catalogue.CONSENT_GIVEN  # type: ignore[attr-defined]
-    assert event.subject_ref == listed["subject_ref"]  # type: ignore[attr-defined]
-    assert event.tenant_id == str(TENANT_ID)  # type: ignore[attr-defined]
+    assert event.type is catalogue.CONSENT_GIVEN
+    assert event.subject_ref == listed["subject_ref"]
+    assert event.tenant_id == str(TENANT_ID)
     assert event.message.decision.subject_version == 1  # type: ignore[attr-defined]
     ledger = await db.fetchval("SELECT count(*) FROM consent_ledger")
     assert ledger == 1
@@ -75,7 +66,7 @@ async def test_raw_identifier_is_stored_nowhere(
 
 
 async def test_withdraw_bumps_version_and_repeat_is_a_no_op(
-    client: httpx.AsyncClient, db: asyncpg.Connection
+    client: httpx.AsyncClient, db: asyncpg.Connection, published_policy: str
 ) -> None:
     path = "/v1/subjects/u-1/consents/functionality"
     assert (await client.put(path, json=give())).json()["subject_version"] == 1
@@ -86,7 +77,7 @@ async def test_withdraw_bumps_version_and_repeat_is_a_no_op(
     assert repeat.status_code == 200
     assert repeat.json()["subject_version"] == 2
     events = await outbox_events(db)
-    assert [e.type.name for e in events] == [  # type: ignore[attr-defined]
+    assert [e.type.name for e in events] == [
         "consentry.consent.given.v1",
         "consentry.consent.withdrawn.v1",
     ]
@@ -96,6 +87,7 @@ async def test_concurrent_changes_to_one_subject_get_gapless_versions(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
     purposes = [f"purpose-{n}" for n in range(20)]
+    await publish_first_policy(client, extra_purposes=purposes)
     responses = await asyncio.gather(
         *(client.put(f"/v1/subjects/u-2/consents/{p}", json=give()) for p in purposes)
     )
@@ -194,7 +186,9 @@ async def test_requests_without_a_valid_key_are_401(
     assert response.headers["www-authenticate"].startswith("Bearer")
 
 
-async def test_x_api_key_header_is_accepted(client: httpx.AsyncClient) -> None:
+async def test_x_api_key_header_is_accepted(
+    client: httpx.AsyncClient, published_policy: str
+) -> None:
     client.headers.pop("Authorization")
     response = await client.put(
         "/v1/subjects/u-3/consents/performance", json=give(), headers={"X-API-Key": API_KEY}

@@ -78,12 +78,18 @@ SERVICES: tuple[Service, ...] = (
     Service(
         name="consent",
         database="consentry_consent",
-        topics=(topics.CONSENT,),
+        topics=(topics.CONSENT, topics.CONSENT_INTAKE, topics.dead_letter_topic("consent-intake")),
         migrate=_module("consent", "migrate"),
         processes=(
             ServiceProcess("api", _module("consent", "api"), ready_path=READY_PATH),
             ServiceProcess("relay", _module("consent", "relay")),
+            ServiceProcess("intake", _module("consent", "intake")),
+            ServiceProcess("policy-scheduler", _module("consent", "policy-scheduler")),
         ),
+        # Row-level security (tenant isolation) does not bind a superuser, which the
+        # database owner often is: the processes log in as a member of the group role of
+        # consent migration 0002 instead.
+        app_role=AppRole(login="consentry_consent_app", member_of="consentry_consent_rw"),
     ),
     Service(
         name="audit",

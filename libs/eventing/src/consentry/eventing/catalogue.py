@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from google.protobuf.message import Message
 
 from consentry.audit.v1 import audit_pb2
-from consentry.consent.v1 import consent_pb2
+from consentry.consent.v1 import consent_pb2, policy_pb2
 from consentry.eventing import topics
 
 Check = Callable[[Message, str, str], str]
@@ -53,6 +53,24 @@ CONSENT_WITHDRAWN = EventType(
     "consentry.consent.withdrawn.v1", topics.CONSENT, consent_pb2.ConsentWithdrawn, _check_decision
 )
 
+
+def _check_capture(message: Message, tenant_id: str, subject_ref: str) -> str:
+    if getattr(message, "tenant_id", None) != tenant_id:
+        return "tenant_id does not match ce_tenant"
+    if getattr(message, "subject_ref", None) != subject_ref:
+        return "subject_ref does not match ce_subject"
+    if not getattr(message, "policy_version", "") or not len(getattr(message, "decisions", ())):
+        return "policy_version and at least one decision are required"
+    return ""
+
+
+CONSENT_CAPTURE_REQUESTED = EventType(
+    "consentry.consent.capture_requested.v1",
+    topics.CONSENT_INTAKE,
+    consent_pb2.ConsentCaptureRequested,
+    _check_capture,
+)
+
 # Audit-topic events carry the subject `chain`: the key `<tenant>/chain` keeps a tenant's
 # whole chain in order on one partition, so followers can verify it incrementally.
 AUDIT_CHAIN_SUBJECT = "chain"
@@ -79,10 +97,68 @@ AUDIT_CHECKPOINT_SIGNED = EventType(
 
 CATALOGUE: dict[str, EventType] = {
     t.name: t
-    for t in (CONSENT_GIVEN, CONSENT_WITHDRAWN, AUDIT_ENTRY_APPENDED, AUDIT_CHECKPOINT_SIGNED)
+    for t in (
+        CONSENT_GIVEN,
+        CONSENT_WITHDRAWN,
+        CONSENT_CAPTURE_REQUESTED,
+        AUDIT_ENTRY_APPENDED,
+        AUDIT_CHECKPOINT_SIGNED,
+    )
 }
 
 
 def lookup(name: str) -> EventType | None:
     """The catalogued event type called `name`, or None."""
     return CATALOGUE.get(name)
+
+
+# --- Policy (notice) versions and re-consent (services/consent/.../policies). Policy events
+# carry the subject `policy`: the key `<tenant>/policy` keeps a tenant's policy history in
+# order on one partition. Re-consent events carry the subject's own key.
+POLICY_SUBJECT = "policy"
+
+
+def _check_policy(message: Message, tenant_id: str, subject_ref: str) -> str:
+    policy = getattr(message, "policy", None)
+    if policy is None or not message.HasField("policy"):
+        return "policy missing"
+    if policy.tenant_id != tenant_id or subject_ref != POLICY_SUBJECT:
+        return "policy.tenant_id does not match ce_tenant, or ce_subject is not 'policy'"
+    if not policy.version or not policy.effective_on:
+        return "version and effective_on are required"
+    return ""
+
+
+def _check_reconsent(message: Message, tenant_id: str, subject_ref: str) -> str:
+    if getattr(message, "tenant_id", None) != tenant_id:
+        return "tenant_id does not match ce_tenant"
+    if getattr(message, "subject_ref", None) != subject_ref:
+        return "subject_ref does not match ce_subject"
+    if not getattr(message, "purpose", "") or not getattr(message, "policy_version", ""):
+        return "purpose and policy_version are required"
+    if getattr(message, "subject_version", 0) < 1:
+        return "subject_version must be >= 1"
+    return ""
+
+
+POLICY_PUBLISHED = EventType(
+    "consentry.consent.policy_published.v1",
+    topics.CONSENT,
+    policy_pb2.PolicyPublished,
+    _check_policy,
+)
+POLICY_EFFECTIVE = EventType(
+    "consentry.consent.policy_effective.v1",
+    topics.CONSENT,
+    policy_pb2.PolicyEffective,
+    _check_policy,
+)
+CONSENT_RECONSENT_REQUIRED = EventType(
+    "consentry.consent.reconsent_required.v1",
+    topics.CONSENT,
+    policy_pb2.ReconsentRequired,
+    _check_reconsent,
+)
+CATALOGUE.update(
+    {t.name: t for t in (POLICY_PUBLISHED, POLICY_EFFECTIVE, CONSENT_RECONSENT_REQUIRED)}
+)

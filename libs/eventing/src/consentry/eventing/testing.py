@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable
 from typing import TypeAlias
@@ -11,7 +12,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from consentry.consent.v1 import consent_pb2
 from consentry.eventing import catalogue
-from consentry.eventing.envelope import Event
+from consentry.eventing.db import Connection
+from consentry.eventing.envelope import Event, ReceivedEvent, decode
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
@@ -84,3 +86,27 @@ def consent_event(
         event_type = catalogue.CONSENT_WITHDRAWN
         message = consent_pb2.ConsentWithdrawn(decision=decision)
     return Event(event_type, tenant_id, subject_ref, message, source)
+
+
+_OUTBOX = "SELECT message_key, headers, payload FROM eventing_outbox ORDER BY position"
+_OUTBOX_OF_TYPES = """
+SELECT message_key, headers, payload FROM eventing_outbox
+WHERE event_type = ANY($1::text[]) ORDER BY position
+"""
+
+
+async def outbox_events(conn: Connection, *types: catalogue.EventType) -> list[ReceivedEvent]:
+    """The events in a service database's outbox, decoded as a consumer would, in order
+    (only those of `types` when given)."""
+    if types:
+        rows = await conn.fetch(_OUTBOX_OF_TYPES, [t.name for t in types])
+    else:
+        rows = await conn.fetch(_OUTBOX)
+    return [
+        decode(
+            row["message_key"],
+            row["payload"],
+            [(name, value.encode()) for name, value in json.loads(row["headers"]).items()],
+        )
+        for row in rows
+    ]

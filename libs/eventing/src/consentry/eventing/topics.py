@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 
 CONSENT = "consentry.consent.v1"
+# Product code's consent captures to the consent service (instead of HTTP).
+CONSENT_INTAKE = "consentry.consent.intake.v1"
 AUDIT = "consentry.audit.v1"
 
 _CONSUMER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")

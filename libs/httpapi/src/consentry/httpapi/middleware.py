@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,19 +49,26 @@ class RequestLog:
 
 
 class BodySizeLimit:
-    """Refuses request bodies larger than `max_bytes` with 413 problem+json."""
+    """Refuses request bodies larger than `max_bytes` with 413 problem+json.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    `per_path` raises (or lowers) the limit for exact paths, e.g. a batch endpoint.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, per_path: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = dict(per_path or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.per_path.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _too_large(send, self.max_bytes)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await _too_large(send, max_bytes)
             return
         received = 0
         exceeded = False
@@ -70,7 +78,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     exceeded = True
                     raise _BodyTooLargeError
             return message
@@ -82,7 +90,7 @@ class BodySizeLimit:
         with contextlib.suppress(_BodyTooLargeError):
             await self.app(scope, limited_receive, guarded_send)
         if exceeded:
-            await _too_large(send, self.max_bytes)
+            await _too_large(send, max_bytes)
 
 
 class _BodyTooLargeError(Exception):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from uuid import UUID
 
 import uvicorn
@@ -75,10 +75,13 @@ def health_router(readiness: dict[str, Check]) -> APIRouter:
     return router
 
 
-def harden(app: FastAPI, settings: HttpSettings) -> FastAPI:
-    """Install problem details, the request log and the body-size limit on `app`."""
+def harden(
+    app: FastAPI, settings: HttpSettings, body_limits: Mapping[str, int] | None = None
+) -> FastAPI:
+    """Install problem details, the request log and the body-size limit on `app`
+    (`body_limits`: other limits for exact paths, e.g. batch endpoints)."""
     problems.install(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.http_max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.http_max_body_bytes, per_path=body_limits)
     app.add_middleware(RequestLog)
     return app
 

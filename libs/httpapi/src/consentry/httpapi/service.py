@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -23,11 +23,15 @@ from consentry.eventing.settings import (
     SettingsError,
     load_settings,
 )
-from consentry.httpapi.auth import DevKeyResolver
+from consentry.httpapi.auth import DevKeyResolver, KeyResolver
 from consentry.httpapi.server import DevAuthSettings, HttpSettings, harden, health_router, serve
 
 
-class ServiceApiSettings(DatabaseSettings, HttpSettings, DevAuthSettings):
+class ServiceHttpSettings(DatabaseSettings, HttpSettings):
+    """An HTTP API process: its own database and where it listens (keys come from elsewhere)."""
+
+
+class ServiceApiSettings(ServiceHttpSettings, DevAuthSettings):
     """An HTTP API process: its own database, where it listens, and the API key."""
 
 
@@ -36,8 +40,9 @@ class MigrateSettings(DatabaseSettings):
 
 
 Startup = Callable[[FastAPI, Pool], Awaitable[None]]
+Shutdown = Callable[[FastAPI], Awaitable[None]]
 S = TypeVar("S", bound=ConsentrySettings)
-A = TypeVar("A", bound=ServiceApiSettings)
+A = TypeVar("A", bound=ServiceHttpSettings)
 
 
 def cli_settings(settings_class: type[S]) -> S:
@@ -51,27 +56,45 @@ def cli_settings(settings_class: type[S]) -> S:
     return settings
 
 
+def dev_key_resolver(pool: Pool, settings: ServiceHttpSettings) -> KeyResolver:
+    """The default resolver: the single development key of `ServiceApiSettings`."""
+    if not isinstance(settings, ServiceApiSettings):
+        raise TypeError("settings without a dev API key need a key_resolver factory")
+    return DevKeyResolver(settings.dev_api_key.get_secret_value(), settings.dev_tenant_id)
+
+
 def create_service_app(
-    settings: ServiceApiSettings,
+    settings: A,
     *,
     title: str,
     description: str,
     routers: Sequence[APIRouter],
     on_startup: Startup | None = None,
+    on_shutdown: Shutdown | None = None,
+    key_resolver: Callable[[Pool, A], KeyResolver] | None = None,
+    body_limits: Mapping[str, int] | None = None,
 ) -> FastAPI:
-    """A hardened FastAPI app with a database pool, API-key auth, health and `routers`."""
+    """A hardened FastAPI app with a database pool, API-key auth, health and `routers`.
+
+    `key_resolver(pool, settings)` builds `app.state.key_resolver` once the pool exists
+    (before `on_startup`); the default accepts the development key only. `on_shutdown` runs
+    before the pool closes. `body_limits` sets other body-size limits for exact paths.
+    """
+    resolver_factory = key_resolver or dev_key_resolver
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings)
         try:
             app.state.pool = pool
-            app.state.key_resolver = DevKeyResolver(
-                settings.dev_api_key.get_secret_value(), settings.dev_tenant_id
-            )
+            app.state.key_resolver = resolver_factory(pool, settings)
             if on_startup is not None:
                 await on_startup(app, pool)
-            yield
+            try:
+                yield
+            finally:
+                if on_shutdown is not None:
+                    await on_shutdown(app)
         finally:
             await pool.close()
 
@@ -83,7 +106,7 @@ def create_service_app(
     app.include_router(health_router({"database": database_ready}))
     for router in routers:
         app.include_router(router)
-    return harden(app, settings)
+    return harden(app, settings, body_limits)
 
 
 def service_cli(

@@ -1,12 +1,31 @@
-"""`python -m consentry.consent api|relay|migrate|replay`: the consent service's processes."""
+"""`python -m consentry.consent api|relay|intake|policy-scheduler|migrate|replay`: the consent
+service's processes.
+
+Tenant administration: `create-tenant` and `create-api-key` (see `--help`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+
+import asyncpg
+import typer
+from pydantic import ValidationError
+
 from consentry.consent.app import create_app
-from consentry.consent.settings import ApiSettings
+from consentry.consent.consents.intake import IntakeSettings, run_intake
+from consentry.consent.db import set_tenant
+from consentry.consent.keys.models import ApiKeyCreate, CreatedApiKey
+from consentry.consent.keys.service import create_key
+from consentry.consent.policies.activation import run_policy_scheduler
+from consentry.consent.settings import ApiSettings, PolicySchedulerSettings, TenantAdminSettings
+from consentry.consent.tenants import repository as tenants_repository
+from consentry.consent.tenants.service import TenantExistsError, create_tenant
 from consentry.eventing.migrations import Migration, service_migrations
 from consentry.eventing.relay import RelaySettings, run_relay
-from consentry.httpapi.service import add_replay, add_worker, service_cli
+from consentry.httpapi.auth import Scope
+from consentry.httpapi.service import add_replay, add_worker, cli_settings, service_cli
 
 
 def migrations() -> list[Migration]:
@@ -18,7 +37,110 @@ cli = service_cli("consent", api_settings=ApiSettings, create_app=create_app, mi
 
 
 add_worker(cli, "relay", RelaySettings, run_relay, "Publish the consent outbox to Kafka.")
+add_worker(
+    cli,
+    "policy-scheduler",
+    PolicySchedulerSettings,
+    run_policy_scheduler,
+    "Activate policy versions that took effect: flag consents for re-consent.",
+)
+add_worker(
+    cli,
+    "intake",
+    IntakeSettings,
+    run_intake,
+    "Apply consent captures from the intake topic; dead-letter what the rules refuse.",
+)
 add_replay(cli)
+
+
+def _print_key(tenant_id: uuid.UUID, key: CreatedApiKey) -> None:
+    typer.echo(f"tenant_id: {tenant_id}")
+    typer.echo(f"api_key_id: {key.id}")
+    typer.echo(f"scopes: {' '.join(key.scopes)}")
+    typer.echo(f"api_key: {key.key}")
+    typer.echo("The API key is shown only now: store it (e.g. in a secret manager).", err=True)
+
+
+_SCOPES_HELP = "a scope of the key (repeat for several)"
+
+
+@cli.command("create-tenant")
+def create_tenant_command(
+    name: str = typer.Option(..., "--name", help="the customer organisation's name"),
+    tenant_id: uuid.UUID | None = typer.Option(  # noqa: B008
+        None, "--tenant-id", help="the tenant id (default: a new random one)"
+    ),
+    scopes: list[Scope] = typer.Option(  # noqa: B008
+        [Scope.ADMIN], "--scope", help=_SCOPES_HELP
+    ),
+) -> None:
+    """Create a tenant and its first API key (scope admin); print the key once."""
+    settings = cli_settings(TenantAdminSettings)
+
+    async def run() -> tuple[uuid.UUID, CreatedApiKey]:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            async with conn.transaction():  # tenant, its seeds and its key, or nothing
+                created = await create_tenant(
+                    conn, sealer=settings.sealer(), name=name, tenant_id=tenant_id
+                )
+                key = await create_key(
+                    conn,
+                    tenant_id=created,
+                    name="first admin key",
+                    scopes=scopes,
+                    created_by_key=None,
+                )
+            return created, key
+        finally:
+            await conn.close()
+
+    try:
+        created, key = asyncio.run(run())
+    except (TenantExistsError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    _print_key(created, key)
+
+
+@cli.command("create-api-key")
+def create_api_key_command(
+    tenant_id: uuid.UUID = typer.Option(..., "--tenant-id", help="the tenant"),  # noqa: B008
+    name: str = typer.Option(..., "--name", help="what the key is for"),
+    scopes: list[Scope] = typer.Option(..., "--scope", help=_SCOPES_HELP),  # noqa: B008
+) -> None:
+    """Create an API key for an existing tenant (e.g. when its admin keys are lost)."""
+    settings = cli_settings(TenantAdminSettings)
+    try:
+        wanted = ApiKeyCreate(name=name, scopes=scopes)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        typer.echo(f"error: {problems}", err=True)
+        raise typer.Exit(1) from None
+
+    async def run() -> CreatedApiKey | None:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            async with conn.transaction():
+                await set_tenant(conn, tenant_id)  # FORCE: the owner passes RLS only so
+                if await tenants_repository.get(conn, tenant_id=tenant_id) is None:
+                    return None
+                return await create_key(
+                    conn,
+                    tenant_id=tenant_id,
+                    name=wanted.name,
+                    scopes=wanted.scopes,
+                    created_by_key=None,
+                )
+        finally:
+            await conn.close()
+
+    key = asyncio.run(run())
+    if key is None:
+        typer.echo(f"error: no tenant {tenant_id}", err=True)
+        raise typer.Exit(1)
+    _print_key(tenant_id, key)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,21 @@ def get_pool(request: Request) -> Pool:
     return pool
 
 
-async def subject_ref_for(request: Request, principal: Principal, subject_id: str) -> str:
-    """Turn the caller's subject identifier into the tenant's pseudonymous reference."""
+async def subject_key_for(request: Request, principal: Principal) -> bytes:
+    """The caller's tenant's subject key (unsealed, cached); 403 for a tenant that is missing."""
     keys: SubjectKeys = request.app.state.subject_keys
     key = await keys.get(principal.tenant_id)
-    if key is None:  # a key whose tenant was never created
+    if key is None:  # only the dev key can name a tenant that was never created
         raise Problem(403, "unknown-tenant", "The API key's tenant does not exist")
-    return pseudonymise(key, subject_id)
+    return key
+
+
+async def subject_ref_for(
+    request: Request, principal: Principal, subject_id: str
+) -> tuple[str, bytes]:
+    """The tenant's pseudonymous reference of the caller's subject identifier, and the key."""
+    key = await subject_key_for(request, principal)
+    return pseudonymise(key, subject_id), key
 
 
 PoolDep = Annotated[Pool, Depends(get_pool)]

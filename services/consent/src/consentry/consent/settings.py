@@ -2,8 +2,89 @@
 
 from __future__ import annotations
 
-from consentry.httpapi.service import ServiceApiSettings
+from uuid import UUID
+
+from pydantic import Field, SecretStr, model_validator
+
+from consentry.consent.sealing import MasterKeySettings
+from consentry.eventing.settings import DatabaseSettings, Environment
+from consentry.httpapi.server import DEV_API_KEY, MIN_KEY_LENGTH
+from consentry.httpapi.service import ServiceHttpSettings
+
+# The development tenant of `make run` (the dev key's tenant unless configured otherwise).
+DEV_TENANT_ID = UUID("00000000-0000-4000-8000-000000000001")
 
 
-class ApiSettings(ServiceApiSettings):
-    """The consent HTTP API: its database, where it listens, and the dev API key."""
+class ApiSettings(ServiceHttpSettings, MasterKeySettings):
+    """The consent HTTP API: its database, where it listens, the master key, API keys."""
+
+    dev_api_key: SecretStr | None = Field(
+        default=None,
+        description="a development key with every scope for the dev tenant; unset (the "
+        "default) accepts only API keys created with create-tenant / POST /v1/api-keys",
+    )
+    dev_tenant_id: UUID = Field(
+        default=DEV_TENANT_ID,
+        description="the dev key's tenant, created at start-up when the dev key is set",
+    )
+    api_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="how long a resolved API key is trusted without asking the database: a "
+        "key revoked through another process keeps working for at most this long there",
+    )
+    policy_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="how long a tenant's purposes and policy versions are used without asking "
+        "the database: a change made through another process reaches this one within this time",
+    )
+
+    capture_batch_max: int = Field(
+        default=256,
+        ge=1,
+        le=10_000,
+        description="most consent captures recorded in one shared transaction (group commit)",
+    )
+    capture_writers: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="transactions recording captures at the same time (each holds a "
+        "connection of the pool while it writes)",
+    )
+    batch_check_max_body_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=64 * 1024,
+        description="request body limit of POST /v1/checks and /v1/subject-refs (10,000 items)",
+    )
+
+    @model_validator(mode="after")
+    def _refuse_weak_dev_key_outside_development(self) -> ApiSettings:
+        if self.dev_api_key is None:
+            return self
+        key = self.dev_api_key.get_secret_value()
+        relaxed = self.environment in (Environment.DEVELOPMENT, Environment.TEST)
+        if not relaxed and (key == DEV_API_KEY or len(key) < MIN_KEY_LENGTH):
+            raise ValueError(
+                "the development API key or a short key is refused outside development; "
+                f"set a random key of at least {MIN_KEY_LENGTH} characters, or none"
+            )
+        return self
+
+
+class TenantAdminSettings(DatabaseSettings, MasterKeySettings):
+    """The tenant commands (create-tenant, create-api-key): the owner's DSN and the master key."""
+
+
+class PolicySchedulerSettings(DatabaseSettings):
+    """The policy scheduler: activates policy versions whose effective instant has passed."""
+
+    policy_scheduler_interval_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="how often to look for versions due"
+    )
+    policy_scheduler_batch_size: int = Field(
+        default=1000, ge=1, le=100_000, description="subjects flagged per transaction"
+    )

@@ -11,7 +11,8 @@ from consentry.eventing.envelope import Event
 
 SOURCE = "/consentry/consent"
 
-_METHODS = {
+# How each method is written in the protobuf events.
+METHODS = {
     ConsentMethod.API: consent_pb2.CONSENT_METHOD_API,
     ConsentMethod.BANNER: consent_pb2.CONSENT_METHOD_BANNER,
     ConsentMethod.PREFERENCE_PAGE: consent_pb2.CONSENT_METHOD_PREFERENCE_PAGE,
@@ -31,8 +32,10 @@ def decision_event(decision: RecordedDecision) -> Event:
         policy_version=decision.policy_version,
         occurred_at=timestamp,
         subject_version=decision.subject_version,
-        method=_METHODS[decision.method],
+        method=METHODS[decision.method],
         source=decision.source or "",
+        receipt_id=str(decision.receipt_id) if decision.receipt_id else "",
+        gpc=decision.gpc,
     )
     message: consent_pb2.ConsentGiven | consent_pb2.ConsentWithdrawn
     if decision.status is ConsentStatus.GIVEN:

@@ -1,0 +1,1 @@
+"""API keys: per-tenant keys with scopes, stored hashed, shown once, revocable."""

@@ -1,0 +1,1 @@
+"""Purposes: a tenant's catalogue of processing purposes and their legal basis."""

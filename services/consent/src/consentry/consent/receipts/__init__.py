@@ -1,0 +1,1 @@
+"""Receipts: signed consent receipts (JWS, Ed25519) and each tenant's receipt keys and JWKS."""
