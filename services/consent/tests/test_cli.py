@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 
 import asyncpg
 import httpx
+import psutil
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -67,3 +69,48 @@ async def test_a_missing_setting_is_named(consent_db: str) -> None:
     assert process.returncode == 2
     expected = "error: invalid configuration: CONSENTRY_DATABASE_URL: Field required"
     assert out.decode().strip() == expected
+
+
+async def test_the_api_runs_as_several_worker_processes(consent_db: str) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "CONSENTRY_DATABASE_URL": consent_db,
+        "CONSENTRY_ENVIRONMENT": "test",
+        "CONSENTRY_DEV_API_KEY": "worker-test-key-0123456789",
+        "CONSENTRY_HTTP_PORT": str(port),
+        "CONSENTRY_HTTP_WORKERS": "2",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consentry.consent",
+        "api",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            async with asyncio.timeout(60):
+                while True:
+                    try:
+                        if (await client.get("/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.2)
+            tenant = await client.get(
+                "/v1/tenant", headers={"Authorization": "Bearer worker-test-key-0123456789"}
+            )
+            assert tenant.status_code == 200, tenant.text
+        workers = psutil.Process(process.pid).children(recursive=True)
+        servers = [p for p in workers if "spawn_main" in " ".join(p.cmdline())]
+        assert len(servers) == 2
+    finally:
+        process.terminate()
+        out, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, out.decode()[-2000:]
+    assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in servers)

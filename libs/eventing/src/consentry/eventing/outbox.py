@@ -40,6 +40,29 @@ def _row(event: Event) -> tuple[str, str, bytes, str, str, bytes]:
     )
 
 
+OutboxColumns = tuple[list[str], list[str], list[bytes], list[str], list[str], list[bytes]]
+
+
+def columns(events: Iterable[Event]) -> OutboxColumns:
+    """The outbox rows of `events` as column arrays (event_id, topic, message_key, event_type,
+    headers, payload), for a caller that inserts them in its own multi-row statement
+    (`INSERT INTO eventing_outbox ... SELECT ... FROM unnest($n::uuid[], $n+1::text[],
+    $n+2::bytea[], $n+3::text[], $n+4::jsonb[], $n+5::bytea[]) WITH ORDINALITY ... ORDER BY
+    ordinality`). Such a caller skips `add`'s per-key advisory lock, so it must itself hold
+    a lock that serialises every writer of the same keys (e.g. the subject's row lock) until
+    it commits; otherwise per-key order could differ from commit order.
+    """
+    rows = [_row(event) for event in events]
+    return (
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
+        [r[4] for r in rows],
+        [r[5] for r in rows],
+    )
+
+
 async def add(conn: Connection, event: Event) -> None:
     """Queue `event` for publication inside the caller's transaction."""
     await add_many(conn, [event])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 from uuid import UUID
 
 import uvicorn
@@ -25,6 +26,13 @@ class HttpSettings(ConsentrySettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=0, le=65535)
     http_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    http_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="processes serving the API on one port (uvicorn workers); each has its "
+        "own database pool, caches and group-commit writer",
+    )
 
 
 class DevAuthSettings(ConsentrySettings):
@@ -86,16 +94,27 @@ def harden(
     return app
 
 
-def serve(app: FastAPI, settings: HttpSettings) -> None:
-    """Run `app` under uvicorn (logging is configured by consentry, not uvicorn)."""
-    config = uvicorn.Config(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-        lifespan="on",
-    )
-    uvicorn.Server(config).run()
+def serve(
+    app: FastAPI | Callable[[], FastAPI], settings: HttpSettings, factory: str | None = None
+) -> None:
+    """Run `app` under uvicorn (logging is configured by consentry, not uvicorn).
+
+    With `http_workers` > 1, uvicorn starts that many worker processes on one socket; each
+    imports `factory` (`"module:function"`, a function of no arguments that builds the app
+    from the environment), so `factory` is then required.
+    """
+    options: dict[str, Any] = {
+        "host": settings.http_host,
+        "port": settings.http_port,
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": False,
+        "server_header": False,
+        "lifespan": "on",
+    }
+    if settings.http_workers > 1:
+        if factory is None:
+            raise ValueError("http_workers > 1 needs the app factory's import path")
+        uvicorn.run(factory, factory=True, workers=settings.http_workers, **options)
+        return
+    uvicorn.Server(uvicorn.Config(app, **options)).run()

@@ -115,8 +115,13 @@ def service_cli(
     api_settings: type[A],
     create_app: Callable[[A], FastAPI],
     migrations: Callable[[], list[Migration]],
+    app_factory: str | None = None,
 ) -> typer.Typer:
-    """A Typer app with the `api` and `migrate` commands; the service adds its workers."""
+    """A Typer app with the `api` and `migrate` commands; the service adds its workers.
+
+    `app_factory` (`"module:function"`, building the app from the environment) lets the API
+    run as several processes (`CONSENTRY_HTTP_WORKERS`).
+    """
     cli = typer.Typer(
         help=f"consentry {service} service", no_args_is_help=True, add_completion=False
     )
@@ -125,7 +130,10 @@ def service_cli(
     def api() -> None:
         """Serve the HTTP API."""
         settings = cli_settings(api_settings)
-        serve(create_app(settings), settings)
+        if settings.http_workers > 1:
+            serve(lambda: create_app(settings), settings, factory=app_factory)
+        else:
+            serve(create_app(settings), settings)
 
     @cli.command()
     def migrate() -> None:

@@ -24,7 +24,13 @@ def migrations() -> list[Migration]:
     return service_migrations("audit", "consentry.audit")
 
 
-cli = service_cli("audit", api_settings=ApiSettings, create_app=create_app, migrations=migrations)
+cli = service_cli(
+    "audit",
+    api_settings=ApiSettings,
+    create_app=create_app,
+    migrations=migrations,
+    app_factory="consentry.audit.app:app_from_environment",
+)
 
 
 add_worker(cli, "relay", RelaySettings, run_relay, "Publish the audit topic's outbox to Kafka.")

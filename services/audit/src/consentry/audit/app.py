@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from consentry.audit.chain.views import router as chain_router
 from consentry.audit.settings import ApiSettings
-from consentry.httpapi.service import create_service_app
+from consentry.httpapi.service import cli_settings, create_service_app
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -17,3 +17,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
         description="Read and verify the append-only, hash-chained audit log of a tenant.",
         routers=[chain_router],
     )
+
+
+def app_from_environment() -> FastAPI:
+    """The API built from `CONSENTRY_*` settings: what each uvicorn worker process imports
+    when `CONSENTRY_HTTP_WORKERS` > 1."""
+    return create_app(cli_settings(ApiSettings))

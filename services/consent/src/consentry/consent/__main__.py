@@ -33,7 +33,13 @@ def migrations() -> list[Migration]:
     return service_migrations("consent", "consentry.consent")
 
 
-cli = service_cli("consent", api_settings=ApiSettings, create_app=create_app, migrations=migrations)
+cli = service_cli(
+    "consent",
+    api_settings=ApiSettings,
+    create_app=create_app,
+    migrations=migrations,
+    app_factory="consentry.consent.app:app_from_environment",
+)
 
 
 add_worker(cli, "relay", RelaySettings, run_relay, "Publish the consent outbox to Kafka.")

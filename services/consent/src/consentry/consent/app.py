@@ -20,7 +20,7 @@ from consentry.consent.settings import ApiSettings
 from consentry.consent.tenants.service import SubjectKeys, TenantNames, ensure_tenant
 from consentry.consent.tenants.views import router as tenants_router
 from consentry.eventing.db import Pool
-from consentry.httpapi.service import create_service_app
+from consentry.httpapi.service import cli_settings, create_service_app
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -74,3 +74,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
             "/v1/subject-refs": settings.batch_check_max_body_bytes,
         },
     )
+
+
+def app_from_environment() -> FastAPI:
+    """The API built from `CONSENTRY_*` settings: what each uvicorn worker process imports
+    when `CONSENTRY_HTTP_WORKERS` > 1."""
+    return create_app(cli_settings(ApiSettings))

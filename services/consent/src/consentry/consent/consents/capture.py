@@ -191,6 +191,6 @@ async def apply_captures(
             decisions=recorded_all,
             last_per_purpose=sorted(last_position.values()),
             subject_versions=changed,
+            events=outbox.columns(decision_event(entry) for entry in recorded_all),
         )
-        await outbox.add_many(conn, [decision_event(entry) for entry in recorded_all])
     return results

@@ -8,6 +8,7 @@ import asyncpg
 
 from consentry.consent.consents.models import RecordedDecision
 from consentry.eventing.db import Connection
+from consentry.eventing.outbox import OutboxColumns
 
 # Creates the subject on first sight and locks its row for the rest of the transaction, so
 # changes to one subject are serialised and its version grows without gaps.
@@ -153,6 +154,13 @@ WITH ledger AS (
         method = EXCLUDED.method, source = EXCLUDED.source, occurred_at = EXCLUDED.occurred_at,
         subject_version = EXCLUDED.subject_version, event_id = EXCLUDED.event_id,
         needs_reconsent = false, updated_at = now()
+), queued AS (
+    -- Per-key order needs no advisory lock here: every subject row is locked (above).
+    INSERT INTO eventing_outbox (event_id, topic, message_key, event_type, headers, payload)
+    SELECT e, t, k, ty, h, p
+    FROM unnest($17::uuid[], $18::text[], $19::bytea[], $20::text[], $21::jsonb[], $22::bytea[])
+         WITH ORDINALITY AS o(e, t, k, ty, h, p, n)
+    ORDER BY n
 )
 UPDATE subjects s SET version = t.v, updated_at = now()
 FROM unnest($15::text[], $16::bigint[]) AS t(r, v)
@@ -185,10 +193,11 @@ async def write_group(
     decisions: list[RecordedDecision],
     last_per_purpose: list[int],
     subject_versions: dict[str, int],
+    events: OutboxColumns,
 ) -> None:
     """Append `decisions` to the ledger; fold the decisions at the 1-based positions
     `last_per_purpose` (the last one per subject and purpose) into the current state; set the
-    subjects' versions."""
+    subjects' versions; queue `events` in the outbox (the subjects must be locked)."""
     await conn.execute(
         _WRITE_GROUP,
         tenant_id,
@@ -207,6 +216,7 @@ async def write_group(
         last_per_purpose,
         list(subject_versions),
         list(subject_versions.values()),
+        *events,
     )
 
 

@@ -10,11 +10,15 @@
 -- makes its login role `consentry_consent_app` a member; in production the operator does.
 -- Later migrations call consentry_isolate_tenant('<table>') for every tenant-owned table.
 
+-- Roles are cluster-wide: another database of the cluster may have created it already (and
+-- an owner without CREATEROLE can then still migrate).
 DO $$
 BEGIN
-    CREATE ROLE consentry_consent_rw NOLOGIN;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'consentry_consent_rw') THEN
+        CREATE ROLE consentry_consent_rw NOLOGIN;
+    END IF;
 EXCEPTION
-    WHEN duplicate_object OR unique_violation THEN NULL;  -- roles are cluster-wide; it exists
+    WHEN duplicate_object OR unique_violation THEN NULL;  -- created concurrently
 END;
 $$;
 
