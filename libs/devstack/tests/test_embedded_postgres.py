@@ -79,6 +79,17 @@ async def test_throwaway_server_starts_answers_and_leaves_nothing_behind() -> No
 
 
 @pytest.mark.integration
+async def test_a_durable_throwaway_server_keeps_crash_safety() -> None:
+    server = EmbeddedPostgres(throwaway=True, durable=True)  # what the benchmarks use
+    dsn = server.start()
+    try:
+        assert await _query(dsn, "SHOW fsync") == "on"
+        assert await _query(dsn, "SHOW synchronous_commit") == "on"
+    finally:
+        server.stop()
+
+
+@pytest.mark.integration
 async def test_persistent_data_survives_a_restart(data_dir: Path) -> None:
     with EmbeddedPostgres(data_dir) as server:
         await _query(server.dsn, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")

@@ -72,11 +72,15 @@ class EmbeddedPostgres(ChildServer):
         data_dir: Path | None = None,
         *,
         throwaway: bool = False,
+        durable: bool | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         start_timeout: float = 30.0,
         stop_timeout: float = 10.0,
     ) -> None:
+        """`durable` (default: not `throwaway`) keeps PostgreSQL's crash safety (fsync,
+        synchronous commit); a throw-away cluster for tests turns it off for speed, which a
+        benchmark of commit-bound work must not do."""
         if throwaway == (data_dir is not None):
             raise ValueError("give a data_dir (persistent) or throwaway=True, not both")
         super().__init__(
@@ -84,6 +88,7 @@ class EmbeddedPostgres(ChildServer):
         )
         self._data_dir = data_dir.resolve() if data_dir is not None else None
         self._throwaway = throwaway
+        self._durable = (not throwaway) if durable is None else durable
         # self._scratch holds the socket dir (and the data dir when throw-away)
 
     @property
@@ -140,7 +145,7 @@ class EmbeddedPostgres(ChildServer):
         (data / OWNER_FILE).write_text(str(os.getpid()))
         argv = [str(bin_dir / "postgres"), "-D", str(data), "-h", self._host, "-p", str(port)]
         argv += ["-k", str(self._scratch), "-c", "max_connections=200"]
-        if self._throwaway:
+        if not self._durable:
             for setting in ("fsync=off", "synchronous_commit=off", "full_page_writes=off"):
                 argv += ["-c", setting]
         self._proc = subprocess.Popen(  # noqa: S603

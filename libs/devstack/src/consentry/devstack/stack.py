@@ -103,6 +103,7 @@ class DevStack:
         run_migrations: bool = True,
         app_roles: bool | None = None,
         throwaway: bool = False,
+        durable: bool | None = None,
         database_names: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
         out: TextIO | None = None,
@@ -113,6 +114,7 @@ class DevStack:
         self._run_migrations = run_migrations
         self._app_roles = app_roles
         self._throwaway = throwaway
+        self._durable = durable  # embedded PostgreSQL: None = durable unless throw-away
         self._database_names = dict(database_names or {})
         self._log_dir = log_dir
         self._out = out if out is not None else sys.stdout
@@ -194,9 +196,9 @@ class DevStack:
             self._server_dsn = settings.database_url
         else:
             pg = (
-                EmbeddedPostgres(throwaway=True)
+                EmbeddedPostgres(throwaway=True, durable=self._durable)
                 if self._throwaway
-                else EmbeddedPostgres(settings.devstack_dir / "pgdata")
+                else EmbeddedPostgres(settings.devstack_dir / "pgdata", durable=self._durable)
             )
             self._exit.callback(pg.stop)
             self._server_dsn = pg.start()
