@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncpg
 import httpx
 import pytest
+
+from consentry.consent.db import set_tenant
+
+from .conftest import TENANT_ID, MakeTenant
 
 pytestmark = pytest.mark.integration
 POLICY = "2026-01"
@@ -76,3 +81,25 @@ async def test_batch_check_limits(client: httpx.AsyncClient, published_policy: s
         json={"checks": [{"subject_id": "x", "subject_ref": "a" * 64, "purpose": "performance"}]},
     )
     assert both.status_code == 422
+
+
+async def test_the_check_function_stays_inside_the_tenant(
+    client: httpx.AsyncClient,
+    published_policy: str,
+    app_conn: asyncpg.Connection,
+    make_tenant: MakeTenant,
+) -> None:
+    await client.put(
+        "/v1/subjects/s-9/consents/performance",
+        json={"status": "given", "policy_version": POLICY},
+    )
+    ref = (await client.get("/v1/subjects/s-9/consents")).json()["subject_ref"]
+    other = await make_tenant("Other Org")
+    query = "SELECT status FROM consentry_check_consents($1, ARRAY[$2], ARRAY['performance'])"
+    assert await app_conn.fetchval(query, TENANT_ID, ref) == "given"
+    assert await app_conn.fetchval(query, other.tenant_id, ref) is None  # RLS still applies
+    async with app_conn.transaction():
+        await set_tenant(app_conn, other.tenant_id)
+        assert await app_conn.fetchval(query, TENANT_ID, ref) == "given"
+        # the caller's own tenant scope is put back afterwards
+        assert await app_conn.fetchval("SELECT consentry_tenant()") == other.tenant_id

@@ -11,7 +11,6 @@ from uuid import UUID
 
 from consentry.consent.checks import repository
 from consentry.consent.checks.models import CheckResult, Reason
-from consentry.consent.db import tenant_transaction
 from consentry.eventing.db import Pool
 
 # Purpose name -> whether it requires consent, or None when the tenant has no such purpose.
@@ -48,12 +47,9 @@ async def check_one(
     purpose: str,
 ) -> CheckResult:
     """May the subject's data be used for `purpose` now?"""
-    async with tenant_transaction(pool, tenant_id) as conn:
-        row = await repository.check_one(
-            conn, tenant_id=tenant_id, subject_ref=subject_ref, purpose=purpose
-        )
-    if row is None:
-        return _decide(requires_consent(purpose), None, None, None)
+    (row,) = await repository.check_many(
+        pool, tenant_id=tenant_id, subject_refs=[subject_ref], purposes=[purpose]
+    )
     return _decide(
         requires_consent(purpose), row["status"], row["needs_reconsent"], row["is_child"]
     )
@@ -69,10 +65,9 @@ async def check_many(
     """Check every (subject_ref, purpose) pair; results in the same order."""
     refs = [ref for ref, _ in pairs]
     purposes = [purpose for _, purpose in pairs]
-    async with tenant_transaction(pool, tenant_id) as conn:
-        rows = await repository.check_many(
-            conn, tenant_id=tenant_id, subject_refs=refs, purposes=purposes
-        )
+    rows = await repository.check_many(
+        pool, tenant_id=tenant_id, subject_refs=refs, purposes=purposes
+    )
     needs = {purpose: requires_consent(purpose) for purpose in set(purposes)}
     return [
         _decide(needs[purpose], row["status"], row["needs_reconsent"], row["is_child"])
