@@ -8,7 +8,11 @@ import hmac
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consentry.consent.tenants.service import normalise_subject_id, pseudonymise
+from consentry.consent.tenants.service import (
+    normalise_subject_id,
+    pseudonymise,
+    pseudonymise_many,
+)
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(1, 33))
@@ -34,3 +38,10 @@ def test_tenants_get_unrelated_references(subject_id: str) -> None:
     assert a == pseudonymise(KEY_A, subject_id)
     assert len(a) == 64
     assert set(a) <= set("0123456789abcdef")
+
+
+def test_many_at_once_equals_one_by_one() -> None:
+    key = bytes(range(32))
+    ids = ["user-1", " Alice@Example.COM ", "cafe\u0301", "user-1"]
+    assert pseudonymise_many(key, ids) == [pseudonymise(key, value) for value in ids]
+    assert pseudonymise_many(key, []) == []

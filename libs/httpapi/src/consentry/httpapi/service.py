@@ -84,7 +84,8 @@ def create_service_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await create_pool(settings)
+        # Request code keeps no session state (transaction-local settings and locks only).
+        pool = await create_pool(settings, stateless=True)
         try:
             app.state.pool = pool
             app.state.key_resolver = resolver_factory(pool, settings)

@@ -12,8 +12,8 @@ from consentry.httpapi.auth import Principal
 from consentry.httpapi.problems import Problem
 
 
-def get_pool(request: Request) -> Pool:
-    """The service's database pool."""
+async def get_pool(request: Request) -> Pool:
+    """The service's database pool (async: a plain function would run in a thread pool)."""
     pool: Pool = request.app.state.pool
     return pool
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from consentry.consent.consents.models import Purpose
 
@@ -31,19 +31,16 @@ class CheckResult(BaseModel):
 
 
 class CheckItem(BaseModel):
-    """One subject-purpose pair: the subject by the caller's id or by its pseudonymous ref."""
+    """One subject-purpose pair: the subject by the caller's id or by its pseudonymous ref
+    (exactly one of the two)."""
 
     model_config = ConfigDict(extra="forbid")
 
     subject_id: str | None = Field(default=None, min_length=1, max_length=320)
     subject_ref: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     purpose: Purpose
-
-    @model_validator(mode="after")
-    def _one_subject(self) -> CheckItem:
-        if (self.subject_id is None) == (self.subject_ref is None):
-            raise ValueError("give exactly one of subject_id and subject_ref")
-        return self
+    # Exactly one of subject_id and subject_ref: checked by the route for the whole batch at
+    # once (a validator per item costs more than the check itself at 10,000 items).
 
 
 class BatchCheckIn(BaseModel):

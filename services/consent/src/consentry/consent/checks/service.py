@@ -18,6 +18,8 @@ RequiresConsent = Callable[[str], bool | None]
 
 _ALLOWED = {Reason.GIVEN, Reason.LEGAL_BASIS}
 _RESULTS = {reason: CheckResult(allowed=reason in _ALLOWED, reason=reason) for reason in Reason}
+# Every answer a check can give (shared instances: callers may serialise them once).
+RESULTS = tuple(_RESULTS.values())
 
 
 def _decide(

@@ -22,7 +22,7 @@ from consentry.consent.consents.models import (
 )
 from consentry.consent.consents.writer import CaptureWriter
 from consentry.consent.deps import PoolDep, subject_key_for, subject_ref_for
-from consentry.consent.tenants.service import pseudonymise
+from consentry.consent.tenants.service import pseudonymise_many
 from consentry.httpapi.auth import ConsentRead, ConsentWrite, Principal
 from consentry.httpapi.problems import Problem
 
@@ -167,4 +167,4 @@ async def subject_refs(
     """The pseudonymous references of up to 10,000 subject ids, in order (what producers of
     intake events put in `subject_ref`; a reference never changes, so it can be cached)."""
     key = await subject_key_for(request, principal)
-    return SubjectRefsOut(subject_refs=[pseudonymise(key, value) for value in body.subject_ids])
+    return SubjectRefsOut(subject_refs=pseudonymise_many(key, body.subject_ids))

@@ -19,7 +19,7 @@ import hmac
 import secrets
 import unicodedata
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from uuid import UUID
 
 from consentry.consent.db import set_tenant, tenant_transaction
@@ -43,6 +43,17 @@ def normalise_subject_id(subject_id: str) -> str:
     """Unicode NFC, surrounding whitespace removed, e-mail addresses case-folded."""
     value = unicodedata.normalize("NFC", subject_id).strip()
     return value.casefold() if "@" in value else value
+
+
+def pseudonymise_many(subject_key: bytes, subject_ids: Iterable[str]) -> list[str]:
+    """`pseudonymise` for many identifiers (the keyed HMAC state is prepared once)."""
+    keyed = hmac.new(subject_key, digestmod=hashlib.sha256)
+    refs = []
+    for subject_id in subject_ids:
+        mac = keyed.copy()
+        mac.update(normalise_subject_id(subject_id).encode())
+        refs.append(mac.hexdigest())
+    return refs
 
 
 def pseudonymise(subject_key: bytes, subject_id: str) -> str:
