@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bench.audit import BenchError
 from bench.rawhttp import ProtocolError
@@ -35,7 +36,8 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Start the whole consentry stack on this machine and measure consent "
-        "write throughput/latency and consent-to-audit propagation.",
+        "write throughput/latency and consent-to-audit propagation; then the audit appender's "
+        "throughput on a stack of its own.",
     )
     defaults = Options()
     parser.add_argument("--duration", type=float, default=defaults.duration, help="measured s")
@@ -53,11 +55,25 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--timeout", type=float, default=defaults.timeout, help="s to wait for audit entries"
     )
+    parser.add_argument(
+        "--skip-audit-throughput",
+        action="store_true",
+        help="skip the audit appender throughput scenario (bench.audit_throughput)",
+    )
+    parser.add_argument(
+        "--audit-events",
+        type=int,
+        default=defaults.audit_events,
+        help="backlog of the audit appender throughput scenario",
+    )
+    _add_consent_api_arguments(parser, defaults)
     parser.add_argument("--results-dir", type=Path, default=defaults.results_dir)
     parser.add_argument("--keep-logs", action="store_true", help="keep the service logs")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.rate <= 0:
         parser.error("--duration and --rate must be > 0, --warmup >= 0")
+    if args.audit_events < 1:
+        parser.error("--audit-events must be >= 1")
     return Options(
         duration=args.duration,
         warmup=args.warmup,
@@ -67,7 +83,81 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         timeout=args.timeout,
         results_dir=args.results_dir,
         keep_logs=args.keep_logs,
+        audit_throughput=not args.skip_audit_throughput,
+        audit_events=args.audit_events,
+        **_consent_api_options(parser, args),
     )
+
+
+def _add_consent_api_arguments(parser: argparse.ArgumentParser, defaults: Options) -> None:
+    """The options of the consent API scenarios (bench.consent_api) and the pgbench ceiling."""
+    group = parser.add_argument_group("consent API scenarios (issue 4's targets)")
+    group.add_argument(
+        "--skip-consent-api", action="store_true", help="skip them (and the pgbench ceiling)"
+    )
+    group.add_argument(
+        "--capture-concurrency",
+        type=_concurrency,
+        default=defaults.capture_concurrency,
+        help="connections of the 4-purpose write runs, comma-separated (default 16,64)",
+    )
+    group.add_argument(
+        "--unloaded-duration",
+        type=float,
+        default=defaults.unloaded_duration,
+        help="measured s of the concurrency-1 write run (default 5)",
+    )
+    for name, what in (("check", "single check"), ("batch", "batch check")):
+        group.add_argument(
+            f"--{name}-concurrency",
+            type=int,
+            default=getattr(defaults, f"{name}_concurrency"),
+            help=f"connections of the {what} run",
+        )
+    group.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="pairs per batch check"
+    )
+    group.add_argument("--skip-pgbench", action="store_true", help="skip the pgbench ceiling")
+    group.add_argument(
+        "--durable",
+        action="store_true",
+        help="embedded PostgreSQL with fsync and synchronous commit on (every run, not only "
+        "these scenarios; the default turns them off for speed)",
+    )
+    group.add_argument(
+        "--skip-analyze",
+        action="store_true",
+        help="no ANALYZE of the service databases before these scenarios",
+    )
+    group.add_argument(
+        "--pgbench-duration",
+        type=float,
+        default=defaults.pgbench_duration,
+        help="s of each of the 4 pgbench runs (default 10)",
+    )
+
+
+def _consent_api_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> dict[str, Any]:
+    if args.unloaded_duration <= 0 or args.pgbench_duration < 1:
+        parser.error("--unloaded-duration must be > 0, --pgbench-duration >= 1")
+    if min(args.check_concurrency, args.batch_concurrency) < 1:
+        parser.error("--check-concurrency and --batch-concurrency must be >= 1")
+    if not 1 <= args.batch_size <= 10_000:
+        parser.error("--batch-size must be 1..10000 (the API's limit)")
+    return {
+        "consent_api": not args.skip_consent_api,
+        "capture_concurrency": args.capture_concurrency,
+        "unloaded_duration": args.unloaded_duration,
+        "check_concurrency": args.check_concurrency,
+        "batch_concurrency": args.batch_concurrency,
+        "batch_size": args.batch_size,
+        "pgbench": not args.skip_pgbench,
+        "pgbench_duration": args.pgbench_duration,
+        "analyze": not args.skip_analyze,
+        "durable": args.durable,
+    }
 
 
 async def _main(opts: Options) -> int:

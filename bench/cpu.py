@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ _ROLES = (
     (("bench.load",), "load generator"),
     (("consentry.consent", "api"), "consent api"),
     (("consentry.consent", "relay"), "consent relay"),
+    (("consentry.consent", "intake"), "consent intake"),
+    (("consentry.consent", "policy-scheduler"), "policy scheduler"),
     (("consentry.audit", "appender"), "audit appender"),
     (("consentry.audit", "relay"), "audit relay"),
     (("consentry.audit", "api"), "audit api"),
@@ -42,6 +45,11 @@ def role(proc: psutil.Process) -> str:
         return "postgres"
     if "tansu" in name or any("tansu" in part for part in cmdline[:1]):
         return "broker"
+    if any("multiprocessing" in part for part in cmdline):  # e.g. uvicorn's API workers
+        with contextlib.suppress(psutil.Error):
+            parent = proc.parent()
+            if parent is not None:
+                return role(parent)
     return name
 
 

@@ -18,6 +18,24 @@ PURPOSE = "performance"
 POLICY_VERSION = "2026-11"
 # uvicorn closes keep-alive connections idle for 5 s; reconnect before reusing such a one.
 MAX_IDLE_S = 4.0
+# The 4-purpose capture of a cookie banner (POST /v1/subjects/{id}/consents), in two variants
+# that differ in every purpose: alternating them per subject makes every write a change.
+CAPTURE_PURPOSES = ("performance", "functionality", "targeting", "marketing-email")
+CAPTURES: tuple[dict[str, str], dict[str, str]] = (
+    dict(zip(CAPTURE_PURPOSES, ("given", "given", "withdrawn", "given"), strict=True)),
+    dict(zip(CAPTURE_PURPOSES, ("withdrawn", "withdrawn", "given", "withdrawn"), strict=True)),
+)
+
+
+def capture_body(variant: int) -> bytes:
+    """The JSON body of capture variant 0 or 1 (policy version, method `banner`)."""
+    document = {
+        "purposes": CAPTURES[variant],
+        "policy_version": POLICY_VERSION,
+        "method": "banner",
+        "source": "web-banner",
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 class ProtocolError(RuntimeError):
@@ -40,14 +58,37 @@ class RequestBuilder:
             head = f"/consents/{PURPOSE} HTTP/1.1\r\n".encode() + self._common
             length = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
             self._put_tail[status] = head + length.encode() + body
+        self._capture_tail: list[bytes] = []
+        for variant in (0, 1):
+            body = capture_body(variant)
+            head = b"/consents HTTP/1.1\r\n" + self._common
+            length = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            self._capture_tail.append(head + length.encode() + body)
 
     def put_consent(self, subject: str, status: str) -> bytes:
         """`PUT /v1/subjects/{subject}/consents/performance` (subject must be URL-safe)."""
         return b"PUT /v1/subjects/" + subject.encode() + self._put_tail[status]
 
+    def post_consents(self, subject: str, variant: int) -> bytes:
+        """`POST /v1/subjects/{subject}/consents` with capture `variant` (URL-safe subject)."""
+        return b"POST /v1/subjects/" + subject.encode() + self._capture_tail[variant]
+
+    def check(self, subject: str, purpose: str) -> bytes:
+        """`GET /v1/subjects/{subject}/checks/{purpose}` (URL-safe subject)."""
+        return self.get(f"/v1/subjects/{subject}/checks/{purpose}")
+
     def get(self, target: str) -> bytes:
         """`GET target` (path and query, already encoded)."""
         return b"GET " + target.encode() + b" HTTP/1.1\r\n" + self._common + b"\r\n"
+
+    def post(self, target: str, body: bytes) -> bytes:
+        """`POST target` with a JSON `body` (target already encoded)."""
+        length = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        return b"POST " + target.encode() + b" HTTP/1.1\r\n" + self._common + length.encode() + body
+
+    def post_json(self, target: str, document: Any) -> bytes:
+        """`POST target` with `document` as its JSON body."""
+        return self.post(target, json.dumps(document, separators=(",", ":")).encode())
 
 
 class HttpConnection:

@@ -13,6 +13,8 @@ from typing import Any
 import asyncpg
 import psutil
 
+from bench import consent_api
+
 BUSY_WARNING = 10.0  # % of all cores busy before the start that makes the run suspect
 _PG_SETTINGS = ("server_version", "fsync", "synchronous_commit", "full_page_writes")
 _CPU_ORDER = (
@@ -105,6 +107,8 @@ def markdown(results: dict[str, Any]) -> str:
             "before the benchmark started; other processes competed for the CPU (see the "
             "`other processes` column). Figures are lower than on a quiet machine.**",
         ]
+    if results.get("consent_api"):
+        lines += ["", *consent_api.markdown(results["consent_api"])]
     if results["throughput"]:
         lines += ["", f"## Consent writes: closed loop, {p['duration']} s after {p['warmup']} s"]
         lines += ["", "| scenario | concurrency | req/s | p50 ms | p99 ms | max ms | errors |"]

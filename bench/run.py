@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench import cpu, report, scenarios
+from bench import audit_throughput, consent_api, cpu, report, scenarios
 from bench.audit import AuditFollower, BenchError, subject_refs
 from bench.rawhttp import HttpConnection, RequestBuilder
 from consentry.devstack.postgres import drop_database
@@ -43,6 +43,19 @@ class Options:
     timeout: float = 30.0
     results_dir: Path = scenarios.ROOT / "bench" / "results"
     keep_logs: bool = False
+    audit_throughput: bool = True  # bench.audit_throughput, on a stack of its own, afterwards
+    audit_events: int = 100_000
+    # The consent API scenarios (bench.consent_api) and the pgbench ceiling.
+    consent_api: bool = True
+    capture_concurrency: tuple[int, ...] = (16, 64)
+    unloaded_duration: float = 5.0
+    check_concurrency: int = 64
+    batch_concurrency: int = 2
+    batch_size: int = 10_000
+    pgbench: bool = True
+    pgbench_duration: float = 10.0
+    analyze: bool = True  # ANALYZE the service databases before those scenarios
+    durable: bool = False  # embedded PostgreSQL with fsync and synchronous commit on
 
 
 def progress(message: str) -> None:
@@ -102,6 +115,7 @@ async def run(opts: Options) -> dict[str, Any]:
                 settings,
                 services=services,
                 throwaway=True,
+                durable=opts.durable,
                 database_names=names or None,
                 log_dir=logs,
                 out=out,
@@ -120,7 +134,19 @@ async def run(opts: Options) -> dict[str, Any]:
             shutil.rmtree(logs, ignore_errors=True)
         else:
             progress(f"service logs kept in {logs}")
+    if opts.audit_throughput:
+        progress(f"audit appender throughput, {opts.audit_events} events (bench.audit_throughput)")
+        results["audit_throughput"] = await audit_throughput.run(
+            audit_throughput.Options(
+                events=opts.audit_events,
+                ceiling_entries=opts.audit_events // 5,
+                results_dir=opts.results_dir,
+                keep_logs=opts.keep_logs,
+            )
+        )
     text = report.markdown(results)
+    if opts.audit_throughput:
+        text += "\n" + audit_throughput.markdown(results["audit_throughput"], level=2)
     for path in report.write(results, opts.results_dir, text):
         progress(f"wrote {path}")
     print(text, end="", flush=True)
@@ -136,6 +162,7 @@ async def _measure(
         HttpConnection(audit.host, audit.port), RequestBuilder(audit.host, audit.port)
     )
     prefix = f"bench-{run_id}"
+    policy = await consent_api.publish_policy(consent)  # writes are refused without one
     progress("warming up: waiting for the audit appender to append a first batch")
     warmed = await _warm_pipeline(consent, follower, prefix)
     head = follower.after
@@ -147,6 +174,7 @@ async def _measure(
         "broker": "external" if settings.kafka_bootstrap_servers else _EMBEDDED_BROKER,
         "parameters": {**dataclasses.asdict(opts), "results_dir": _shown(opts.results_dir)},
         "pipeline_warmup_s": warmed,
+        "policy_version": policy,
         "throughput": [],
     }
     for concurrency in opts.concurrency:
@@ -163,6 +191,25 @@ async def _measure(
         head += result["ok_total"]
         results["throughput"].append(result)
         progress(f"  {result['rps']} req/s, errors {result['errors']}")
+    if opts.consent_api:
+        results["consent_api"], head = await consent_api.measure(
+            consent,
+            follower,
+            head,
+            prefix=f"{prefix}-api",
+            server_dsn=stack.server_dsn,
+            databases=[stack.database_dsn("consent"), stack.database_dsn("audit")],
+            analyze=opts.analyze,
+            duration=opts.duration,
+            warmup=opts.warmup,
+            capture_concurrency=opts.capture_concurrency,
+            unloaded_duration=opts.unloaded_duration,
+            check_concurrency=opts.check_concurrency,
+            batch_concurrency=opts.batch_concurrency,
+            batch_size=opts.batch_size,
+            pgbench=opts.pgbench,
+            pgbench_duration=opts.pgbench_duration,
+        )
     if not opts.skip_propagation:
         progress(f"consent → audit propagation at {opts.rate:g}/s for {opts.duration} s")
         results["propagation"] = await scenarios.propagation(

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest_asyncio
 
+from consentry.consent.purposes.models import DEFAULT_PURPOSES
 from consentry.devstack.postgres import drop_database, with_user
 from consentry.devstack.services import DEV_API_KEY, SERVICES, Service, child_env
 from consentry.devstack.stack import DevStack, DevStackSettings
@@ -115,15 +116,6 @@ async def relay(stack: DevStack, appender: Worker) -> AsyncIterator[Worker]:
 # tests use. The README's quick start publishes the same version (then answered 409).
 POLICY_VERSION = "2026-11"
 EXTRA_PURPOSES = tuple(f"purpose-{n}" for n in range(15))
-DEFAULT_PURPOSES = (
-    "required",
-    "performance",
-    "functionality",
-    "targeting",
-    "joint-marketing",
-    "transfer-outside-eea",
-    "marketing-email",
-)
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="session")

@@ -26,6 +26,7 @@ from consentry.consent.__main__ import migrations
 from consentry.consent.app import create_app
 from consentry.consent.db import set_tenant
 from consentry.consent.keys.service import create_key
+from consentry.consent.purposes.models import DEFAULT_PURPOSES
 from consentry.consent.sealing import DEV_MASTER_KEY, MasterKeySettings, Sealer
 from consentry.consent.settings import ApiSettings
 from consentry.consent.tenants.service import create_tenant
@@ -100,15 +101,6 @@ async def client(consent_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 # effect at once; later ones need 30 working days' notice when they change a purpose).
 POLICY_VERSION = "2026-01"
 POLICY_URL = "https://example.com/privacy/2026-01"
-DEFAULT_PURPOSES = (
-    "required",
-    "performance",
-    "functionality",
-    "targeting",
-    "joint-marketing",
-    "transfer-outside-eea",
-    "marketing-email",
-)
 
 
 async def publish_first_policy(

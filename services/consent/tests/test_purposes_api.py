@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from consentry.consent.db import set_tenant
+from consentry.consent.purposes.models import DEFAULT_PURPOSES
 from consentry.consent.purposes.service import seed_default_purposes
 
 from .conftest import TENANT_ID, ClientFor, MakeTenant
@@ -40,6 +41,7 @@ async def test_a_tenant_starts_with_the_default_purposes(client: httpx.AsyncClie
         name: (p["legal_basis"], p["requires_consent"], p["always_on"])
         for name, p in purposes.items()
     } == DEFAULTS
+    assert set(DEFAULTS) == set(DEFAULT_PURPOSES)  # the Python constant matches the seed
     assert purposes["required"]["title"] == "Strictly necessary"
 
 

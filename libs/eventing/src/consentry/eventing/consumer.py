@@ -9,6 +9,14 @@ the reason in headers; the partition keeps moving. The transaction commits, and 
 Kafka offsets. A transient error (database or broker unreachable, a deadlock) rolls the batch
 back and retries the same batch with backoff: nothing is skipped, and redelivery is harmless
 because of the inbox. Any other exception is a bug: it stops the consumer loudly.
+
+With a `batch_handler` the records of a batch are applied in one go instead: all are
+decoded first (poison set aside as above), the inbox rows of the decoded ones are claimed in
+one statement inside a savepoint, and the handler gets the events claimed now (each event id
+once, in partition order) in that same savepoint. If the database refuses any of it, or the
+handler raises `PoisonMessage`, the savepoint is rolled back and the batch goes through the
+per-record path above, which applies the good records and dead-letters the one at fault.
+Exactly-once, ordering and dead-lettering are therefore the same on both paths.
 """
 
 from __future__ import annotations
@@ -31,6 +39,16 @@ log = get_logger(__name__)
 Handler = Callable[[Connection, ReceivedEvent], Awaitable[None]]
 # Runs at the end of a batch's transaction with the events applied in it.
 BatchHook = Callable[[Connection, Sequence[ReceivedEvent]], Awaitable[None]]
+# Applies the newly claimed events of a batch (each id once, in partition order) at once.
+BatchHandler = Callable[[Connection, Sequence[ReceivedEvent]], Awaitable[None]]
+
+# `inbox.claim` for many event ids in one statement; returns the ids claimed now.
+_CLAIM_MANY = """
+INSERT INTO eventing_inbox (consumer, event_id)
+SELECT $1, event_id FROM unnest($2::text[]) AS event_id
+ON CONFLICT DO NOTHING
+RETURNING event_id
+"""
 
 # Errors after which the same batch may well succeed: retried, never dead-lettered.
 TRANSIENT_ERRORS = (
@@ -62,7 +80,12 @@ def dead_letter_headers(
 
 
 class EventConsumer:
-    """Consume `topics` as group `name`, applying `handler` once per event id."""
+    """Consume `topics` as group `name`, applying `handler` once per event id.
+
+    `batch_handler` (optional) applies a whole batch at once, `handler` remaining the
+    per-record path it falls back to; `max_records` caps the records fetched per poll (the
+    Kafka consumer's `max_poll_records` when None).
+    """
 
     def __init__(
         self,
@@ -73,9 +96,13 @@ class EventConsumer:
         handler: Handler,
         *,
         on_batch_end: BatchHook | None = None,
+        batch_handler: BatchHandler | None = None,
+        max_records: int | None = None,
     ) -> None:
         self.name = name
         self._on_batch_end = on_batch_end
+        self._batch_handler = batch_handler
+        self._max_records = max_records
         self.dead_letter_topic = dead_letter_topic(name)
         self._consumer = kafka_consumer
         self._producer = producer
@@ -84,12 +111,13 @@ class EventConsumer:
         self.applied = 0
         self.duplicates = 0
         self.dead_lettered = 0
+        self.batch_fallbacks = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set."""
         backoff = 0.2
         while not stop.is_set():
-            batches = await self._consumer.getmany(timeout_ms=500)
+            batches = await self._consumer.getmany(timeout_ms=500, max_records=self._max_records)
             for tp, records in batches.items():
                 while not stop.is_set():
                     try:
@@ -121,30 +149,92 @@ class EventConsumer:
         self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]
     ) -> None:
         poison: list[tuple[ConsumerRecord[bytes, bytes], PoisonMessage]] = []
+        decoded: list[tuple[ConsumerRecord[bytes, bytes], ReceivedEvent]] = []
+        for record in records:
+            try:
+                decoded.append(
+                    (record, decode(record.key, record.value, list(record.headers or ())))
+                )
+            except PoisonMessage as error:
+                poison.append((record, error))
         applied: list[ReceivedEvent] = []
         async with self._pool.acquire() as conn, conn.transaction():
-            for record in records:
-                try:
-                    event = decode(record.key, record.value, list(record.headers or ()))
-                    async with conn.transaction():  # savepoint: one record's claim + effect
-                        if await inbox.claim(conn, self.name, event.id):
-                            await self._handler(conn, event)
-                            applied.append(event)
-                            self.applied += 1
-                        else:
-                            self.duplicates += 1
-                except PoisonMessage as error:
-                    poison.append((record, error))
-                except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as error:
-                    # Deterministic: the same record would fail the same way on every retry.
-                    reason = PoisonMessage("rejected-by-database", type(error).__name__)
-                    poison.append((record, reason))
+            if self._batch_handler is None or not await self._apply_batch(
+                conn, self._batch_handler, tp, decoded, applied
+            ):
+                await self._apply_each(conn, decoded, applied, poison)
             if applied and self._on_batch_end is not None:
                 await self._on_batch_end(conn, applied)
             # Dead letters are acknowledged before the effects commit: a crash in between
             # re-sends a dead letter (harmless) rather than losing one.
-            for rejected, reason in poison:
+            for rejected, reason in sorted(poison, key=lambda item: item[0].offset):
                 await self._dead_letter(rejected, reason)
+
+    async def _apply_each(
+        self,
+        conn: Connection,
+        decoded: Sequence[tuple[ConsumerRecord[bytes, bytes], ReceivedEvent]],
+        applied: list[ReceivedEvent],
+        poison: list[tuple[ConsumerRecord[bytes, bytes], PoisonMessage]],
+    ) -> None:
+        """The per-record path: a savepoint per record for its claim and effect."""
+        for record, event in decoded:
+            try:
+                async with conn.transaction():  # savepoint: one record's claim + effect
+                    if await inbox.claim(conn, self.name, event.id):
+                        await self._handler(conn, event)
+                        applied.append(event)
+                        self.applied += 1
+                    else:
+                        self.duplicates += 1
+            except PoisonMessage as error:
+                poison.append((record, error))
+            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as error:
+                # Deterministic: the same record would fail the same way on every retry.
+                reason = PoisonMessage("rejected-by-database", type(error).__name__)
+                poison.append((record, reason))
+
+    async def _apply_batch(
+        self,
+        conn: Connection,
+        batch_handler: BatchHandler,
+        tp: TopicPartition,
+        decoded: Sequence[tuple[ConsumerRecord[bytes, bytes], ReceivedEvent]],
+        applied: list[ReceivedEvent],
+    ) -> bool:
+        """The batch path: claim every inbox row in one statement, apply the claimed events
+        in one call, in one savepoint. False (nothing applied) if the database or the handler
+        refused something: the caller then takes the per-record path."""
+        if not decoded:
+            return True
+        events = [event for _, event in decoded]
+        fresh: list[ReceivedEvent] = []
+        try:
+            async with conn.transaction():  # savepoint: the whole batch's claims + effects
+                rows = await conn.fetch(_CLAIM_MANY, self.name, [event.id for event in events])
+                claimed = {row["event_id"] for row in rows}
+                for event in events:
+                    if event.id in claimed:
+                        claimed.discard(event.id)  # a repeated id in the batch: only once
+                        fresh.append(event)
+                if fresh:
+                    await batch_handler(conn, fresh)
+        except (PoisonMessage, asyncpg.PostgresError) as error:
+            # A deterministic refusal is isolated record by record there (applied or dead-
+            # lettered); a transient error most likely fails there too: the batch is retried.
+            log.warning(
+                "batch refused; applying its records one by one",
+                consumer=self.name,
+                topic=tp.topic,
+                partition=tp.partition,
+                error=type(error).__name__,
+            )
+            self.batch_fallbacks += 1
+            return False
+        applied.extend(fresh)
+        self.applied += len(fresh)
+        self.duplicates += len(events) - len(fresh)
+        return True
 
     async def _dead_letter(
         self, record: ConsumerRecord[bytes, bytes], error: PoisonMessage

@@ -22,6 +22,14 @@ class AppenderSettings(DatabaseSettings, KafkaSettings):
     """The audit appender: consumes every event topic, appends to the chain, checkpoints."""
 
     appender_group_id: str = "audit-appender"
+    appender_batch_append: bool = Field(
+        default=True,
+        description="append each fetched batch with one audit_append_batch() call "
+        "(false: one audit_append() per event)",
+    )
+    appender_max_records: int = Field(
+        default=2000, ge=1, description="records fetched per poll (across partitions)"
+    )
     audit_signing_key: SecretStr = Field(
         description="base64 of the 32-byte Ed25519 seed that signs checkpoints"
     )

@@ -8,6 +8,7 @@ kept in the database for ever, so old checkpoints stay verifiable after a key ro
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -33,6 +34,7 @@ LEFT JOIN LATERAL (
 WHERE h.seq > coalesce(c.tree_size, 0)
   AND (h.seq - coalesce(c.tree_size, 0) >= $1 OR coalesce(c.checkpoint_time, '-infinity') <= $2)
 """
+_DUE_AMONG = _DUE + "  AND h.tenant_id = ANY($3::uuid[])\n"
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,18 @@ async def checkpoint(
     return int(row["tree_size"])
 
 
-async def due_tenants(conn: Connection, *, every: int, interval: timedelta) -> list[UUID]:
-    """Tenants whose tree grew by `every` entries, or has waited `interval`, since their last
-    checkpoint."""
+async def due_tenants(
+    conn: Connection,
+    *,
+    every: int,
+    interval: timedelta,
+    among: Sequence[UUID] | None = None,
+) -> list[UUID]:
+    """Tenants (of `among`, if given) whose tree grew by `every` entries, or has waited
+    `interval`, since their last checkpoint; in tenant order."""
     cutoff = datetime.now(UTC) - interval
-    return [row["tenant_id"] for row in await conn.fetch(_DUE, every, cutoff)]
+    if among is None:
+        rows = await conn.fetch(_DUE, every, cutoff)
+    else:
+        rows = await conn.fetch(_DUE_AMONG, every, cutoff, list(among))
+    return sorted(row["tenant_id"] for row in rows)

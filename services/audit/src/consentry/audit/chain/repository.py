@@ -1,8 +1,9 @@
-"""SQL for the audit chain. Entries are only ever written through audit_append()."""
+"""SQL for the audit chain. Entries are only ever written through audit_append() and
+audit_append_batch()."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from uuid import UUID
 
 import asyncpg
@@ -10,6 +11,11 @@ import asyncpg
 from consentry.eventing.db import Connection
 
 _APPEND = "SELECT audit_append($1, $2, $3, $4, $5)"
+_APPEND_BATCH = """
+SELECT ord, seq, leaf_hash, chain_hash, appended
+FROM audit_append_batch($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])
+ORDER BY ord
+"""
 _HASHES = "SELECT entry, leaf_hash, chain_hash FROM audit_entries WHERE tenant_id = $1 AND seq = $2"
 _TENANTS = "SELECT tenant_id, seq, chain_hash FROM audit_chain_heads ORDER BY tenant_id"
 _HEAD = "SELECT tenant_id, seq, chain_hash FROM audit_chain_heads WHERE tenant_id = $1"
@@ -37,6 +43,23 @@ async def append(
     """Append one entry to the tenant's chain (idempotent by event id); return its seq."""
     seq: int = await conn.fetchval(_APPEND, tenant_id, event_id, event_type, subject_ref, entry)
     return seq
+
+
+async def append_batch(
+    conn: Connection,
+    *,
+    tenant_ids: Sequence[UUID | str],
+    event_ids: Sequence[str],
+    event_types: Sequence[str],
+    subject_refs: Sequence[str],
+    entries: Sequence[bytes],
+) -> list[asyncpg.Record]:
+    """Append many entries in array order, as one append() each would (idempotent by event
+    id); one row per element, in order: `seq`, `leaf_hash`, `chain_hash`, `appended`
+    (False: the event was already in the chain, or earlier in these arrays)."""
+    return list(
+        await conn.fetch(_APPEND_BATCH, tenant_ids, event_ids, event_types, subject_refs, entries)
+    )
 
 
 async def hashes(conn: Connection, *, tenant_id: UUID, seq: int) -> asyncpg.Record:

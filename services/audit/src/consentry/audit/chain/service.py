@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import UUID
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -53,6 +54,34 @@ async def append_event(conn: Connection, event: ReceivedEvent) -> int:
         ),
     )
     return seq
+
+
+async def append_events(conn: Connection, received: Sequence[ReceivedEvent]) -> list[int]:
+    """Append received events, in order, to their tenants' chains in one call, and queue the
+    publication of each newly appended entry on the audit topic (same transaction); return
+    their seqs. The same chain as `append_event` once per event (audit_append_batch())."""
+    if not received:
+        return []
+    entries = [entry_bytes(event) for event in received]
+    rows = await repository.append_batch(
+        conn,
+        tenant_ids=[event.tenant_id for event in received],
+        event_ids=[event.id for event in received],
+        event_types=[event.type.name for event in received],
+        subject_refs=[event.subject_ref for event in received],
+        entries=entries,
+    )
+    await outbox.add_many(
+        conn,
+        (
+            events.entry_appended(
+                event.tenant_id, row["seq"], entry, row["leaf_hash"], row["chain_hash"]
+            )
+            for event, entry, row in zip(received, entries, rows, strict=True)
+            if row["appended"]
+        ),
+    )
+    return [row["seq"] for row in rows]
 
 
 async def verify_tenant(conn: Connection, tenant_id: UUID) -> ChainReport:

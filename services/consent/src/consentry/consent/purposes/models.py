@@ -11,6 +11,19 @@ from pydantic import BaseModel, ConfigDict, Field
 REQUIRED = "required"  # the strictly necessary purpose: always on, never withdrawable
 
 
+# The purposes every tenant starts with (seeded by consentry_seed_default_purposes(), migration
+# 0004): the four cookie categories, then purposes of the policy's other promises.
+DEFAULT_PURPOSES = (
+    "required",
+    "performance",
+    "functionality",
+    "targeting",
+    "joint-marketing",
+    "transfer-outside-eea",
+    "marketing-email",
+)
+
+
 class LegalBasis(StrEnum):
     """The lawful basis of processing for a purpose (GDPR Art. 6(1)(a)-(f))."""
 

@@ -1,0 +1,203 @@
+"""The consumer loop's batch path: one claim and one handler call per batch, the same
+exactly-once and dead-letter guarantees as the per-record path it falls back to."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from consentry.eventing import topics
+from consentry.eventing.consumer import EventConsumer
+from consentry.eventing.db import Connection
+from consentry.eventing.envelope import Event, ReceivedEvent, encode
+from consentry.eventing.testing import collect, consent_event, header
+
+from .conftest import TEST_CONSUMER
+
+pytestmark = pytest.mark.integration
+PARTITION = 2  # every record of a test on one partition, so they share batches
+
+
+def version_of(event: ReceivedEvent) -> int:
+    return int(event.message.decision.subject_version)  # type: ignore[attr-defined]
+
+
+class Effects:
+    """Records what each path applied: per-record calls and batch calls."""
+
+    def __init__(self) -> None:
+        self.single: list[str] = []
+        self.batches: list[list[str]] = []
+
+    async def one(self, conn: Connection, event: ReceivedEvent) -> None:
+        self.single.append(event.id)
+        await conn.execute(
+            "INSERT INTO effects VALUES ($1, $2, $3)",
+            event.id,
+            event.subject_ref,
+            version_of(event),
+        )
+
+    async def many(self, conn: Connection, events: Sequence[ReceivedEvent]) -> None:
+        self.batches.append([event.id for event in events])
+        await conn.execute(
+            "INSERT INTO effects SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])",
+            [event.id for event in events],
+            [event.subject_ref for event in events],
+            [version_of(event) for event in events],
+        )
+
+
+async def send(bootstrap: str, records: Sequence[Event | tuple[bytes, bytes]]) -> None:
+    """Produce events (or raw key/value pairs) in order onto one partition of the topic."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for item in records:
+            if isinstance(item, Event):
+                record = encode(item)
+                await producer.send_and_wait(
+                    record.topic,
+                    record.value,
+                    record.key,
+                    partition=PARTITION,
+                    headers=list(record.headers),
+                )
+            else:
+                await producer.send_and_wait(topics.CONSENT, item[1], item[0], partition=PARTITION)
+    finally:
+        await producer.stop()
+
+
+async def consume(
+    bootstrap: str, pool: asyncpg.Pool, group: str, effects: Effects, subject: str, until: int
+) -> EventConsumer:
+    """Run a batch-handling consumer until `until` effects of `subject` exist."""
+    kafka_consumer = AIOKafkaConsumer(
+        topics.CONSENT,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await kafka_consumer.start()
+    await producer.start()
+    consumer = EventConsumer(
+        TEST_CONSUMER,
+        kafka_consumer,
+        producer,
+        pool,
+        effects.one,
+        batch_handler=effects.many,
+        max_records=1000,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    query = "SELECT count(*) FROM effects WHERE subject = $1"
+    try:
+        async with asyncio.timeout(20):
+            while await pool.fetchval(query, subject) < until:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # let the loop commit the offsets of what it applied
+    finally:
+        stop.set()
+        await task
+        await kafka_consumer.stop()
+        await producer.stop()
+    return consumer
+
+
+async def test_a_batch_is_claimed_and_applied_in_one_call_each_event_once(
+    pool: asyncpg.Pool, event_topics: str
+) -> None:
+    await pool.execute("CREATE TABLE effects (event_id text, subject text, version bigint)")
+    tenant, subject = str(uuid.uuid4()), uuid.uuid4().hex
+    events = [consent_event(tenant, subject, version) for version in range(1, 7)]
+    poison_key = f"{tenant}/{subject}".encode()
+    # A duplicate delivery and an undecodable record in the middle of the batch.
+    await send(
+        event_topics, [*events[:3], events[1], (poison_key, b"\x00 not an event"), *events[3:]]
+    )
+
+    effects = Effects()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    consumer = await consume(event_topics, pool, group, effects, subject, until=len(events))
+
+    rows = await pool.fetch(
+        "SELECT event_id, version FROM effects WHERE subject = $1 ORDER BY version", subject
+    )
+    assert [row["event_id"] for row in rows] == [event.id for event in events]
+    ids = {event.id for event in events}
+    # Other tests' events on the topic may share the batches: look at ours only.
+    handed = [event_id for batch in effects.batches for event_id in batch if event_id in ids]
+    assert sorted(handed) == sorted(ids)  # each to the batch handler once, the duplicate not
+    assert not set(effects.single) & ids  # never the per-record path
+    assert consumer.duplicates >= 1
+    (dead,) = await collect(
+        event_topics,
+        consumer.dead_letter_topic,
+        lambda kept: len(kept) >= 1,
+        keep=lambda r: r.key == poison_key,
+    )
+    assert header(dead, "dlq.reason") == "missing-headers"
+    claimed = await pool.fetchval(
+        "SELECT count(*) FROM eventing_inbox WHERE event_id = ANY($1::text[])",
+        [event.id for event in events],
+    )
+    assert claimed == len(events)
+
+    # Redelivered later (a new batch): claimed already, applied no second time.
+    later = consent_event(tenant, subject, 7)
+    await send(event_topics, [events[0], events[4], later])
+    await consume(event_topics, pool, group, effects, subject, until=len(events) + 1)
+    versions = await pool.fetch(
+        "SELECT version FROM effects WHERE subject = $1 ORDER BY version", subject
+    )
+    assert [row["version"] for row in versions] == list(range(1, 8))
+
+
+async def test_a_record_the_database_refuses_fails_alone_via_the_per_record_path(
+    pool: asyncpg.Pool, event_topics: str
+) -> None:
+    await pool.execute("CREATE TABLE effects (event_id text, subject text, version bigint)")
+    await pool.execute("ALTER TABLE effects ADD CONSTRAINT no_version_3 CHECK (version <> 3)")
+    tenant, subject = str(uuid.uuid4()), uuid.uuid4().hex
+    events = [consent_event(tenant, subject, version) for version in range(1, 6)]
+    await send(event_topics, events)
+
+    effects = Effects()
+    consumer = await consume(
+        event_topics, pool, f"g-{uuid.uuid4().hex[:8]}", effects, subject, until=4
+    )
+
+    versions = await pool.fetch(
+        "SELECT version FROM effects WHERE subject = $1 ORDER BY version", subject
+    )
+    assert [row["version"] for row in versions] == [1, 2, 4, 5]
+    assert consumer.batch_fallbacks >= 1
+    # The refused batch was applied again record by record: its other events of ours too.
+    ids = {event.id for event in events}
+    (refused,) = [batch for batch in effects.batches if events[2].id in batch]
+    assert {i for i in refused if i in ids} - {events[2].id} <= set(effects.single)
+    assert events[2].id in effects.single  # tried alone, refused alone
+    (dead,) = await collect(
+        event_topics,
+        consumer.dead_letter_topic,
+        lambda kept: len(kept) >= 1,
+        keep=lambda r: r.key == f"{tenant}/{subject}".encode(),
+    )
+    assert header(dead, "dlq.reason") == "rejected-by-database"
+    assert header(dead, "dlq.detail") == "CheckViolationError"
+    assert header(dead, "ce_id") == events[2].id
+    # The batch's claims were rolled back with its savepoint; the refused one never kept one.
+    claimed = await pool.fetch(
+        "SELECT event_id FROM eventing_inbox WHERE event_id = ANY($1::text[])",
+        [event.id for event in events],
+    )
+    assert {row["event_id"] for row in claimed} == {events[n].id for n in (0, 1, 3, 4)}
