@@ -20,10 +20,20 @@ from collections.abc import Iterable
 from consentry.eventing.db import Connection
 from consentry.eventing.envelope import Event, encode
 
-_INSERT = """
-WITH key_lock AS (SELECT pg_advisory_xact_lock(hashtextextended(encode($3::bytea, 'escape'), 0)))
+# One statement for any number of events: first the advisory lock of every distinct key, in
+# key order (two transactions locking overlapping keys cannot deadlock), then the rows, in
+# the caller's order.
+_INSERT_MANY = """
+WITH key_locks AS (
+    SELECT count(pg_advisory_xact_lock(hashtextextended(encode(k, 'escape'), 0))) AS locked
+    FROM (SELECT DISTINCT k FROM unnest($3::bytea[]) AS k ORDER BY k) AS keys
+)
 INSERT INTO eventing_outbox (event_id, topic, message_key, event_type, headers, payload)
-SELECT $1, $2, $3, $4, $5::jsonb, $6 FROM key_lock
+SELECT o.e, o.t, o.k, o.ty, o.h, o.p
+FROM key_locks,
+     unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::jsonb[], $6::bytea[])
+         WITH ORDINALITY AS o(e, t, k, ty, h, p, n)
+ORDER BY o.n
 """
 
 
@@ -72,6 +82,6 @@ async def add_many(conn: Connection, events: Iterable[Event]) -> None:
     """Queue several events, in order, inside the caller's transaction."""
     if not conn.is_in_transaction():
         raise RuntimeError("outbox.add must run inside the state change's transaction")
-    rows = [_row(event) for event in events]
-    if rows:
-        await conn.executemany(_INSERT, rows)
+    queued = columns(events)
+    if queued[0]:
+        await conn.execute(_INSERT_MANY, *queued)
