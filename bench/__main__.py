@@ -119,10 +119,16 @@ def _add_consent_api_arguments(parser: argparse.ArgumentParser, defaults: Option
     )
     group.add_argument("--skip-pgbench", action="store_true", help="skip the pgbench ceiling")
     group.add_argument(
-        "--durable",
+        "--not-durable",
         action="store_true",
-        help="embedded PostgreSQL with fsync and synchronous commit on (every run, not only "
-        "these scenarios; the default turns them off for speed)",
+        help="embedded PostgreSQL with fsync and synchronous commit off (every run; the "
+        "default keeps them on, as in production)",
+    )
+    group.add_argument(
+        "--api-workers",
+        type=int,
+        default=defaults.api_workers,
+        help="processes per HTTP API (CONSENTRY_HTTP_WORKERS; default 1)",
     )
     group.add_argument(
         "--skip-analyze",
@@ -142,6 +148,8 @@ def _consent_api_options(
 ) -> dict[str, Any]:
     if args.unloaded_duration <= 0 or args.pgbench_duration < 1:
         parser.error("--unloaded-duration must be > 0, --pgbench-duration >= 1")
+    if args.api_workers < 1:
+        parser.error("--api-workers must be >= 1")
     if min(args.check_concurrency, args.batch_concurrency) < 1:
         parser.error("--check-concurrency and --batch-concurrency must be >= 1")
     if not 1 <= args.batch_size <= 10_000:
@@ -156,7 +164,8 @@ def _consent_api_options(
         "pgbench": not args.skip_pgbench,
         "pgbench_duration": args.pgbench_duration,
         "analyze": not args.skip_analyze,
-        "durable": args.durable,
+        "durable": not args.not_durable,
+        "api_workers": args.api_workers,
     }
 
 

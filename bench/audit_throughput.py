@@ -307,6 +307,7 @@ async def measure(opts: Options) -> dict[str, Any]:
                 services=[service],
                 start_processes=False,
                 throwaway=True,
+                durable=True,  # fsync and synchronous commit on, as in production
                 app_roles=True,
                 database_names=names or None,
                 out=out,
