@@ -170,16 +170,13 @@ async def owned_database(
             # CREATEROLE: migration 0002 creates the group role when the cluster lacks it.
             await superuser.execute(f"CREATE ROLE {OWNER_ROLE} LOGIN CREATEROLE")
         # Group roles are cluster-wide: other tests' migrations (as a superuser) may have
-        # created them already. Give the owner what it would hold had it created them itself
-        # (PostgreSQL 16 gives a CREATEROLE creator the ADMIN option, nothing else).
+        # created them already. Give the owner the ADMIN option PostgreSQL 16 gives a
+        # CREATEROLE creator (`WITH ADMIN OPTION`: the syntax PostgreSQL 15 knows too).
         for role in await superuser.fetch(
             "SELECT rolname FROM pg_roles WHERE rolname LIKE 'consentry\\_consent\\_%' "
             "AND NOT rolcanlogin"
         ):
-            await superuser.execute(
-                f'GRANT "{role["rolname"]}" TO {OWNER_ROLE} '
-                "WITH ADMIN TRUE, INHERIT FALSE, SET FALSE"
-            )
+            await superuser.execute(f'GRANT "{role["rolname"]}" TO {OWNER_ROLE} WITH ADMIN OPTION')
         dsn = await fresh_database("consent_owned")
         name = urlsplit(dsn).path.lstrip("/")
         await superuser.execute(f'ALTER DATABASE "{name}" OWNER TO {OWNER_ROLE}')
