@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
@@ -179,5 +180,6 @@ def test_children_die_with_a_sigkilled_supervisor() -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
-    psutil.wait_procs([psutil.Process(child)], timeout=5)
+    with contextlib.suppress(psutil.NoSuchProcess):  # it may be gone already: that is the point
+        psutil.wait_procs([psutil.Process(child)], timeout=5)
     assert not _alive(child)
