@@ -35,6 +35,19 @@ class HttpSettings(ConsentrySettings):
     )
 
 
+def refuse_weak_dev_key(key: SecretStr | None, environment: Environment) -> None:
+    """Raise ValueError for the well-known or a short development key outside
+    development/test (settings validators call it; no key is fine)."""
+    if key is None or environment in (Environment.DEVELOPMENT, Environment.TEST):
+        return
+    value = key.get_secret_value()
+    if value == DEV_API_KEY or len(value) < MIN_KEY_LENGTH:
+        raise ValueError(
+            "the development API key or a short key is refused outside development; "
+            f"set a random key of at least {MIN_KEY_LENGTH} characters, or none"
+        )
+
+
 class DevAuthSettings(ConsentrySettings):
     """The single development API key and its tenant (until key management lands)."""
 
@@ -43,13 +56,7 @@ class DevAuthSettings(ConsentrySettings):
 
     @model_validator(mode="after")
     def _refuse_weak_key_outside_development(self) -> DevAuthSettings:
-        key = self.dev_api_key.get_secret_value()
-        relaxed = self.environment in (Environment.DEVELOPMENT, Environment.TEST)
-        if not relaxed and (key == DEV_API_KEY or len(key) < MIN_KEY_LENGTH):
-            raise ValueError(
-                "the development API key or a short key is refused outside development; "
-                f"set a random key of at least {MIN_KEY_LENGTH} characters"
-            )
+        refuse_weak_dev_key(self.dev_api_key, self.environment)
         return self
 
 

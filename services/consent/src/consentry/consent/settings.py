@@ -7,8 +7,8 @@ from uuid import UUID
 from pydantic import Field, SecretStr, model_validator
 
 from consentry.consent.sealing import MasterKeySettings
-from consentry.eventing.settings import DatabaseSettings, Environment
-from consentry.httpapi.server import DEV_API_KEY, MIN_KEY_LENGTH
+from consentry.eventing.settings import DatabaseSettings
+from consentry.httpapi.server import refuse_weak_dev_key
 from consentry.httpapi.service import ServiceHttpSettings
 
 # The development tenant of `make run` (the dev key's tenant unless configured otherwise).
@@ -63,15 +63,7 @@ class ApiSettings(ServiceHttpSettings, MasterKeySettings):
 
     @model_validator(mode="after")
     def _refuse_weak_dev_key_outside_development(self) -> ApiSettings:
-        if self.dev_api_key is None:
-            return self
-        key = self.dev_api_key.get_secret_value()
-        relaxed = self.environment in (Environment.DEVELOPMENT, Environment.TEST)
-        if not relaxed and (key == DEV_API_KEY or len(key) < MIN_KEY_LENGTH):
-            raise ValueError(
-                "the development API key or a short key is refused outside development; "
-                f"set a random key of at least {MIN_KEY_LENGTH} characters, or none"
-            )
+        refuse_weak_dev_key(self.dev_api_key, self.environment)
         return self
 
 

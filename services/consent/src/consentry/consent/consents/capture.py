@@ -166,17 +166,7 @@ async def apply_captures(
                 client_fingerprint=capture.client_fingerprint,
                 gpc=capture.gpc,
             )
-            state = ConsentState(
-                purpose=decision.purpose,
-                status=decision.status,
-                policy_version=capture.policy_version,
-                method=method,
-                source=capture.source,
-                occurred_at=capture.occurred_at,
-                subject_version=entry.subject_version,
-                updated_at=now,
-                needs_reconsent=False,
-            )
+            state = entry.state(updated_at=now)
             current[key] = state
             recorded_all.append(entry)
             last_position[key] = len(recorded_all)  # 1-based, as SQL arrays

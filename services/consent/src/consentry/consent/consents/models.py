@@ -208,6 +208,20 @@ class RecordedDecision:
     client_fingerprint: str | None = None
     gpc: bool = False
 
+    def state(self, *, updated_at: datetime) -> ConsentState:
+        """The current state this decision leaves for its purpose."""
+        return ConsentState(
+            purpose=self.purpose,
+            status=self.status,
+            policy_version=self.policy_version,
+            method=self.method,
+            source=self.source,
+            occurred_at=self.occurred_at,
+            subject_version=self.subject_version,
+            updated_at=updated_at,
+            needs_reconsent=False,
+        )
+
 
 SubjectId = Annotated[str, StringConstraints(min_length=1, max_length=320)]
 
