@@ -12,6 +12,7 @@ import uuid
 import asyncpg
 import pytest
 
+from consentry.audit.worker import AUDITED_TOPICS
 from consentry.devstack.postgres import drop_database
 from consentry.devstack.processes import http_status
 from consentry.devstack.services import (
@@ -23,6 +24,7 @@ from consentry.devstack.services import (
     ServiceProcess,
 )
 from consentry.devstack.stack import DevStack, DevStackError, DevStackSettings, redact
+from consentry.eventing import catalogue, topics
 
 # Stand-in for `python -m consentry.<svc> migrate|api|worker`: checks its environment.
 STANDIN = textwrap.dedent("""
@@ -149,20 +151,20 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_services_table() -> None:
-    assert [s.name for s in SERVICES] == ["consent", "audit"]
-    assert {s.database for s in SERVICES} == {"consentry_consent", "consentry_audit"}
-    topics = {t for s in SERVICES for t in s.topics}
-    assert topics == {
-        "consentry.consent.v1",
-        "consentry.consent.intake.v1",
-        "consentry.dlq.consent-intake",
-        "consentry.audit.v1",
-        "consentry.dlq.audit-appender",
-    }
+    names = [s.name for s in SERVICES]
+    assert names == ["consent", "audit", "preferences", "subprocessors"]
+    assert [s.database for s in SERVICES] == [f"consentry_{name}" for name in names]
+    created = [t for s in SERVICES for t in s.topics]
+    assert len(created) == len(set(created)), "each topic is created by one service"
+    # Every catalogued event's topic exists, and so does every topic the audit log follows.
+    assert {event.topic for event in catalogue.CATALOGUE.values()} <= set(created)
+    assert set(AUDITED_TOPICS) <= set(created)
+    assert topics.TENANT not in AUDITED_TOPICS  # wrapped subject keys stay out of the log
     for service in SERVICES:
         assert service.migrate[1:] == ("-m", f"consentry.{service.name}", "migrate")
         assert service.http is not None
         assert service.http.name == "api"
+        assert service.app_role is not None  # no service's processes run as the owner
     assert (ENV_DATABASE_URL, ENV_HTTP_PORT) == ("CONSENTRY_DATABASE_URL", "CONSENTRY_HTTP_PORT")
 
 

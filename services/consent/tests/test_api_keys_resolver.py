@@ -11,10 +11,11 @@ import pytest
 import pytest_asyncio
 
 from consentry.consent.keys.resolver import NEGATIVE_CACHE_SECONDS, DbKeyResolver
-from consentry.consent.keys.service import new_key, parse_key, revoke_key
+from consentry.consent.keys.service import new_key, revoke_key
 from consentry.consent.settings import ApiSettings
 from consentry.eventing.db import Pool
 from consentry.httpapi.auth import ALL_SCOPES, ChainKeyResolver
+from consentry.httpapi.keys import parse_key
 
 from .conftest import MakeTenant
 
@@ -191,6 +192,7 @@ def test_the_dev_key_is_optional_and_weak_ones_are_refused_in_production(
             environment=environment,
             dev_api_key=dev_key,
             consent_master_key="MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",  # not the dev one
+            directory_key="ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=",  # nor this
         )
 
     if accepted:

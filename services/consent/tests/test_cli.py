@@ -48,8 +48,9 @@ async def test_replay_queues_published_events_again(
 
     code, out = await cli(consent_db, "replay", "--since", "2000-01-01")
     assert code == 0, out
-    assert "3 event(s) queued for re-publication" in out  # policy.published and 2 decisions
-    assert await db.fetchval("SELECT count(*) FROM eventing_outbox WHERE published_at IS NULL") == 3
+    # The dev tenant's directory announcement, policy.published and 2 decisions.
+    assert "4 event(s) queued for re-publication" in out
+    assert await db.fetchval("SELECT count(*) FROM eventing_outbox WHERE published_at IS NULL") == 4
 
     code, out = await cli(consent_db, "replay", "--since", "2999-01-01T00:00:00+0000")
     assert "0 event(s) queued" in out

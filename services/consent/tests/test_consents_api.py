@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from consentry.consent.settings import ApiSettings
-from consentry.eventing import catalogue, testing
+from consentry.eventing import catalogue, testing, topics
 from consentry.eventing.envelope import ReceivedEvent
 
 from .conftest import API_KEY, TENANT_ID, publish_first_policy
@@ -155,8 +155,11 @@ async def test_bad_input_gets_a_problem_and_writes_nothing(
     assert problem["type"] == f"urn:consentry:problem:{problem_type}"
     assert problem["status"] == status
     assert problem["title"]
-    for table in ("subjects", "consent_ledger", "consents", "eventing_outbox"):
+    for table in ("subjects", "consent_ledger", "consents"):
         assert await db.fetchval(f"SELECT count(*) FROM {table}") == 0
+    # (the dev tenant's directory announcement, made at start-up, is not this request's)
+    consent_events = "SELECT count(*) FROM eventing_outbox WHERE topic = $1"
+    assert await db.fetchval(consent_events, topics.CONSENT) == 0
 
 
 async def test_malformed_json_is_a_problem(client: httpx.AsyncClient) -> None:

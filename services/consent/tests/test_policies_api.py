@@ -16,7 +16,7 @@ from consentry.consent.db import set_tenant
 from consentry.consent.policies import service
 from consentry.consent.policies.models import PolicyVersionIn
 from consentry.consent.policies.workdays import earliest_effective_on, working_days_between
-from consentry.eventing import catalogue
+from consentry.eventing import catalogue, topics
 from consentry.eventing.db import Pool
 from consentry.eventing.testing import outbox_events
 from consentry.httpapi.problems import Problem
@@ -75,7 +75,7 @@ async def test_the_first_version_takes_effect_at_once(
     assert datetime.fromisoformat(published["effective_at"]) == start
     assert {p["purpose"] for p in published["purposes"]} == set(NOTICES)
 
-    (event,) = await outbox_events(db)
+    (event,) = [e for e in await outbox_events(db) if e.type.topic == topics.CONSENT]
     assert event.type is catalogue.POLICY_PUBLISHED
     assert event.key == f"{TENANT_ID}/policy".encode()
     assert event.subject_ref == "policy"
@@ -209,7 +209,8 @@ async def test_conflicting_versions_are_refused(
     if slug == "unknown-purpose":
         assert response.json()["purposes"] == ["nonsense"]
     assert await versions_stored(db) == 1
-    assert await db.fetchval("SELECT count(*) FROM eventing_outbox") == 1  # v1's event only
+    consent_events = "SELECT count(*) FROM eventing_outbox WHERE topic = $1"
+    assert await db.fetchval(consent_events, topics.CONSENT) == 1  # v1's event only
 
 
 async def test_a_later_version_cannot_take_effect_before_it_is_announced(

@@ -149,13 +149,14 @@ async def test_the_commands_refuse_the_development_master_key_in_production(
             **os.environ,
             "CONSENTRY_DATABASE_URL": consent_db,
             "CONSENTRY_ENVIRONMENT": "production",
+            "CONSENTRY_DIRECTORY_KEY": "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=",  # not dev
         },
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 2
-    assert "master key is refused outside development" in err.decode()
+    assert "consent_master_key is refused outside development" in err.decode()
 
 
 @pytest_asyncio.fixture

@@ -13,6 +13,7 @@ from consentry.consent.consents.capture import Capture, CaptureOutcome, Decision
 from consentry.consent.consents.models import ConsentMethod, ConsentStatus
 from consentry.consent.consents.writer import CaptureWriter
 from consentry.consent.db import set_tenant
+from consentry.eventing import topics
 
 from .conftest import TENANT_ID
 
@@ -59,7 +60,8 @@ async def test_one_bad_capture_fails_alone(
     assert len(failures) == 1
     assert isinstance(failures[0], asyncpg.CheckViolationError)
     assert await db.fetchval("SELECT count(*) FROM consent_ledger") == 80
-    assert await db.fetchval("SELECT count(*) FROM eventing_outbox") == 80
+    consent_events = "SELECT count(*) FROM eventing_outbox WHERE topic = $1"
+    assert await db.fetchval(consent_events, topics.CONSENT) == 80
     assert await db.fetchval("SELECT count(*) FROM subjects WHERE subject_ref = $1", "f" * 64) == 0
 
 

@@ -22,6 +22,7 @@ ENV_HTTP_PORT = "CONSENTRY_HTTP_PORT"  # HTTP processes only
 ENV_ENVIRONMENT = "CONSENTRY_ENVIRONMENT"
 ENV_DEV_API_KEY = "CONSENTRY_DEV_API_KEY"
 ENV_DEV_TENANT_ID = "CONSENTRY_DEV_TENANT_ID"
+ENV_PUBLIC_URL = "CONSENTRY_PUBLIC_URL"  # where people reach a service's API and pages
 
 ENVIRONMENT = "development"
 DEV_API_KEY = "consentry-dev-key"  # well-known: accepted in development only
@@ -78,13 +79,22 @@ SERVICES: tuple[Service, ...] = (
     Service(
         name="consent",
         database="consentry_consent",
-        topics=(topics.CONSENT, topics.CONSENT_INTAKE, topics.dead_letter_topic("consent-intake")),
+        topics=(
+            topics.CONSENT,
+            topics.CONSENT_INTAKE,
+            topics.TENANT,
+            topics.RIGHTS,
+            topics.dead_letter_topic("consent-intake"),
+            topics.dead_letter_topic("consent-rights-tracker"),
+        ),
         migrate=_module("consent", "migrate"),
         processes=(
             ServiceProcess("api", _module("consent", "api"), ready_path=READY_PATH),
             ServiceProcess("relay", _module("consent", "relay")),
             ServiceProcess("intake", _module("consent", "intake")),
             ServiceProcess("policy-scheduler", _module("consent", "policy-scheduler")),
+            ServiceProcess("rights", _module("consent", "rights")),
+            ServiceProcess("rights-tracker", _module("consent", "rights-tracker")),
         ),
         # Row-level security (tenant isolation) does not bind a superuser, which the
         # database owner often is: the processes log in as a member of the group role of
@@ -103,6 +113,44 @@ SERVICES: tuple[Service, ...] = (
         ),
         # The audit log is append-only for its own processes: they may only call audit_append().
         app_role=AppRole(login="consentry_audit_app", member_of="consentry_audit_writer"),
+    ),
+    Service(
+        name="preferences",
+        database="consentry_preferences",
+        topics=(
+            topics.PREFERENCES,
+            topics.LISTS,
+            topics.dead_letter_topic("preferences-directory"),
+            topics.dead_letter_topic("preferences-consent-follower"),
+            topics.dead_letter_topic("list-processor"),
+            topics.dead_letter_topic("preferences-rights"),
+        ),
+        migrate=_module("preferences", "migrate"),
+        processes=(
+            ServiceProcess("api", _module("preferences", "api"), ready_path=READY_PATH),
+            ServiceProcess("relay", _module("preferences", "relay")),
+            ServiceProcess("directory", _module("preferences", "directory")),
+            ServiceProcess("consent-follower", _module("preferences", "consent-follower")),
+            ServiceProcess("list-processor", _module("preferences", "list-processor")),
+            ServiceProcess("rights", _module("preferences", "rights")),
+        ),
+        # Row-level security (tenant isolation), as in the consent service.
+        app_role=AppRole(login="consentry_preferences_app", member_of="consentry_preferences_rw"),
+    ),
+    Service(
+        name="subprocessors",
+        database="consentry_subprocessors",
+        topics=(topics.SUBPROCESSOR, topics.dead_letter_topic("subprocessor-notifier")),
+        migrate=_module("subprocessors", "migrate"),
+        processes=(
+            ServiceProcess("api", _module("subprocessors", "api"), ready_path=READY_PATH),
+            ServiceProcess("relay", _module("subprocessors", "relay")),
+            ServiceProcess("notifier", _module("subprocessors", "notifier")),
+            ServiceProcess("sender", _module("subprocessors", "sender")),
+        ),
+        app_role=AppRole(
+            login="consentry_subprocessors_app", member_of="consentry_subprocessors_rw"
+        ),
     ),
 )
 

@@ -34,7 +34,14 @@ from consentry.devstack.processes import (
     Supervisor,
     run_once,
 )
-from consentry.devstack.services import DEV_API_KEY, DEV_TENANT_ID, SERVICES, Service, child_env
+from consentry.devstack.services import (
+    DEV_API_KEY,
+    DEV_TENANT_ID,
+    ENV_PUBLIC_URL,
+    SERVICES,
+    Service,
+    child_env,
+)
 from consentry.devstack.spawning import free_port, port_is_free
 
 
@@ -73,6 +80,8 @@ class DevStackSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     consent_port: int = Field(default=8001, ge=0, le=65535, description="0 = a free port")
     audit_port: int = Field(default=8002, ge=0, le=65535, description="0 = a free port")
+    preferences_port: int = Field(default=8003, ge=0, le=65535, description="0 = a free port")
+    subprocessors_port: int = Field(default=8004, ge=0, le=65535, description="0 = a free port")
     topic_partitions: int = Field(default=6, ge=1)
 
     def http_port(self, service: str) -> int:
@@ -260,12 +269,17 @@ class DevStack:
 
     def _env(self, service: Service, *, http: bool, owner: bool = False) -> dict[str, str]:
         own = self.database_dsn(service.name)
-        return child_env(
+        env = child_env(
             database_dsn=own if owner else self._process_dsns.get(service.name, own),
             bootstrap=self.bootstrap,
             http_host=self.settings.http_host,
             http_port=self._ports[service.name] if http else None,
         )
+        if service.http is not None and service.name in self._ports:
+            # Where people and recipients reach the service (unsubscribe pages, webhook
+            # acknowledgements): its API on this machine.
+            env[ENV_PUBLIC_URL] = self.api_url(service.name)
+        return env
 
     def _process_specs(self) -> list[ProcessSpec]:
         specs = []

@@ -15,6 +15,10 @@ from google.protobuf.message import Message
 from consentry.audit.v1 import audit_pb2
 from consentry.consent.v1 import consent_pb2, policy_pb2
 from consentry.eventing import topics
+from consentry.preferences.v1 import lists_pb2, preferences_pb2
+from consentry.rights.v1 import rights_pb2
+from consentry.subprocessors.v1 import subprocessors_pb2
+from consentry.tenant.v1 import tenant_pb2
 
 Check = Callable[[Message, str, str], str]
 
@@ -161,4 +165,210 @@ CONSENT_RECONSENT_REQUIRED = EventType(
 )
 CATALOGUE.update(
     {t.name: t for t in (POLICY_PUBLISHED, POLICY_EFFECTIVE, CONSENT_RECONSENT_REQUIRED)}
+)
+
+
+# --- The tenant directory (ADR 0008): the consent service announces tenants and API keys.
+# Directory events carry the subject `tenant`: the key `<tenant>/tenant` keeps a tenant's
+# directory history in order on one partition.
+TENANT_SUBJECT = "tenant"
+
+
+def _check_directory(message: Message, tenant_id: str, subject_ref: str) -> str:
+    if getattr(message, "tenant_id", None) != tenant_id or subject_ref != TENANT_SUBJECT:
+        return "tenant_id does not match ce_tenant, or ce_subject is not 'tenant'"
+    if hasattr(message, "key_id") and not getattr(message, "key_id", ""):
+        return "key_id is required"
+    if isinstance(message, tenant_pb2.TenantProvisioned) and not message.wrapped_subject_key:
+        return "wrapped_subject_key is required"
+    if isinstance(message, tenant_pb2.ApiKeyIssued) and len(message.secret_sha256) != 32:
+        return "secret_sha256 is 32 bytes"
+    return ""
+
+
+TENANT_PROVISIONED = EventType(
+    "consentry.tenant.provisioned.v1", topics.TENANT, tenant_pb2.TenantProvisioned, _check_directory
+)
+API_KEY_ISSUED = EventType(
+    "consentry.tenant.api_key_issued.v1", topics.TENANT, tenant_pb2.ApiKeyIssued, _check_directory
+)
+API_KEY_REVOKED = EventType(
+    "consentry.tenant.api_key_revoked.v1",
+    topics.TENANT,
+    tenant_pb2.ApiKeyRevoked,
+    _check_directory,
+)
+
+
+# --- Preferences and marketing lists (services/preferences).
+def _check_subject_event(message: Message, tenant_id: str, subject_ref: str) -> str:
+    if getattr(message, "tenant_id", None) != tenant_id:
+        return "tenant_id does not match ce_tenant"
+    if getattr(message, "subject_ref", None) != subject_ref:
+        return "subject_ref does not match ce_subject"
+    if getattr(message, "subject_version", 0) < 1:
+        return "subject_version must be >= 1"
+    return ""
+
+
+def _check_preferences_updated(message: Message, tenant_id: str, subject_ref: str) -> str:
+    problem = _check_subject_event(message, tenant_id, subject_ref)
+    if problem:
+        return problem
+    changes = getattr(message, "changes", ())
+    if not len(changes) or any(not c.topic or not c.channel for c in changes):
+        return "at least one change, each with a topic and a channel"
+    return ""
+
+
+def _check_unsubscribed(message: Message, tenant_id: str, subject_ref: str) -> str:
+    problem = _check_subject_event(message, tenant_id, subject_ref)
+    if problem:
+        return problem
+    if not getattr(message, "topic", "") and not getattr(message, "all_marketing", False):
+        return "a topic, or all_marketing"
+    return ""
+
+
+def _check_suppressed(message: Message, tenant_id: str, subject_ref: str) -> str:
+    problem = _check_subject_event(message, tenant_id, subject_ref)
+    if problem:
+        return problem
+    if getattr(message, "reason", 0) == 0:
+        return "a suppression reason is required"
+    return ""
+
+
+PREFERENCES_UPDATED = EventType(
+    "consentry.preferences.updated.v1",
+    topics.PREFERENCES,
+    preferences_pb2.PreferencesUpdated,
+    _check_preferences_updated,
+)
+PREFERENCES_UNSUBSCRIBED = EventType(
+    "consentry.preferences.unsubscribed.v1",
+    topics.PREFERENCES,
+    preferences_pb2.PreferencesUnsubscribed,
+    _check_unsubscribed,
+)
+LIST_MEMBER_SUPPRESSED = EventType(
+    "consentry.lists.member_suppressed.v1",
+    topics.LISTS,
+    lists_pb2.ListMemberSuppressed,
+    _check_suppressed,
+)
+CATALOGUE.update(
+    {
+        t.name: t
+        for t in (
+            TENANT_PROVISIONED,
+            API_KEY_ISSUED,
+            API_KEY_REVOKED,
+            PREFERENCES_UPDATED,
+            PREFERENCES_UNSUBSCRIBED,
+            LIST_MEMBER_SUPPRESSED,
+        )
+    }
+)
+
+
+# --- Rights requests (services/consent rights/) and subprocessor deliveries
+# (services/subprocessors). Request-level events carry the subject `requests`: the key
+# `<tenant>/requests` keeps a tenant's request history in order on one partition.
+REQUESTS_SUBJECT = "requests"
+
+
+def _check_subject_request(message: Message, tenant_id: str, subject_ref: str) -> str:
+    if getattr(message, "tenant_id", None) != tenant_id:
+        return "tenant_id does not match ce_tenant"
+    if getattr(message, "subject_ref", None) != subject_ref:
+        return "subject_ref does not match ce_subject"
+    if not getattr(message, "request_id", "") and not isinstance(
+        message,
+        subprocessors_pb2.RecipientsSelected
+        | subprocessors_pb2.DeliveryAcknowledged
+        | subprocessors_pb2.DeliveryDeadLettered,
+    ):
+        return "request_id is required"
+    if getattr(message, "service", None) == "":
+        return "service is required"
+    if getattr(message, "recipient_id", None) == "":
+        return "recipient_id is required"
+    return ""
+
+
+def _check_request(message: Message, tenant_id: str, subject_ref: str) -> str:
+    if getattr(message, "tenant_id", None) != tenant_id or subject_ref != REQUESTS_SUBJECT:
+        return "tenant_id does not match ce_tenant, or ce_subject is not 'requests'"
+    if not getattr(message, "request_id", ""):
+        return "request_id is required"
+    return ""
+
+
+ERASURE_REQUESTED = EventType(
+    "consentry.rights.erasure_requested.v1",
+    topics.RIGHTS,
+    rights_pb2.ErasureRequested,
+    _check_subject_request,
+)
+ERASURE_COMPLETED = EventType(
+    "consentry.rights.erasure_completed.v1",
+    topics.RIGHTS,
+    rights_pb2.ErasureCompleted,
+    _check_subject_request,
+)
+ACCESS_REQUESTED = EventType(
+    "consentry.rights.access_requested.v1",
+    topics.RIGHTS,
+    rights_pb2.AccessRequested,
+    _check_subject_request,
+)
+ACCESS_PART_READY = EventType(
+    "consentry.rights.access_part_ready.v1",
+    topics.RIGHTS,
+    rights_pb2.AccessPartReady,
+    _check_subject_request,
+)
+REQUEST_DEADLINE = EventType(
+    "consentry.rights.request_deadline.v1",
+    topics.RIGHTS,
+    rights_pb2.RequestDeadline,
+    _check_request,
+)
+REQUEST_CLOSED = EventType(
+    "consentry.rights.request_closed.v1", topics.RIGHTS, rights_pb2.RequestClosed, _check_request
+)
+RECIPIENTS_SELECTED = EventType(
+    "consentry.subprocessor.recipients_selected.v1",
+    topics.SUBPROCESSOR,
+    subprocessors_pb2.RecipientsSelected,
+    _check_subject_request,
+)
+DELIVERY_ACKNOWLEDGED = EventType(
+    "consentry.subprocessor.delivery_acknowledged.v1",
+    topics.SUBPROCESSOR,
+    subprocessors_pb2.DeliveryAcknowledged,
+    _check_subject_request,
+)
+DELIVERY_DEAD_LETTERED = EventType(
+    "consentry.subprocessor.delivery_dead_lettered.v1",
+    topics.SUBPROCESSOR,
+    subprocessors_pb2.DeliveryDeadLettered,
+    _check_subject_request,
+)
+CATALOGUE.update(
+    {
+        t.name: t
+        for t in (
+            ERASURE_REQUESTED,
+            ERASURE_COMPLETED,
+            ACCESS_REQUESTED,
+            ACCESS_PART_READY,
+            REQUEST_DEADLINE,
+            REQUEST_CLOSED,
+            RECIPIENTS_SELECTED,
+            DELIVERY_ACKNOWLEDGED,
+            DELIVERY_DEAD_LETTERED,
+        )
+    }
 )

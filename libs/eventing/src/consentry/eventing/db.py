@@ -1,8 +1,17 @@
-"""PostgreSQL access shared by every service: the connection type and the pool factory."""
+"""PostgreSQL access shared by every service: the connection type, the pool factory, and
+tenant-scoped transactions.
+
+Row-level security (each service's tenant-isolation migration) shows a tenant-owned table's
+rows only to the tenant named by the transaction-local setting `consentry.tenant_id`, so a
+query that forgot its `tenant_id = $1` still cannot see or write another tenant's rows.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TypeAlias
+from uuid import UUID
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -39,3 +48,21 @@ async def create_pool(settings: DatabaseSettings, *, stateless: bool = False) ->
     )
     assert pool is not None
     return pool
+
+
+_SET_TENANT = "SELECT set_config('consentry.tenant_id', $1, true)"
+
+
+async def set_tenant(conn: Connection, tenant_id: UUID) -> None:
+    """Scope the rest of the open transaction to `tenant_id`."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("set_tenant must run inside a transaction (the setting is local)")
+    await conn.execute(_SET_TENANT, str(tenant_id))
+
+
+@asynccontextmanager
+async def tenant_transaction(pool: Pool, tenant_id: UUID) -> AsyncIterator[Connection]:
+    """A pooled connection in a transaction scoped to `tenant_id`; commits on success."""
+    async with pool.acquire() as conn, conn.transaction():
+        await set_tenant(conn, tenant_id)
+        yield conn

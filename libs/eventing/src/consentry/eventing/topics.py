@@ -9,6 +9,15 @@ CONSENT = "consentry.consent.v1"
 # Product code's consent captures to the consent service (instead of HTTP).
 CONSENT_INTAKE = "consentry.consent.intake.v1"
 AUDIT = "consentry.audit.v1"
+# The tenant directory: tenants and API keys announced by the consent service (ADR 0008).
+TENANT = "consentry.tenant.v1"
+PREFERENCES = "consentry.preferences.v1"
+# The marketing-list processor's events for sending platforms (suppressions).
+LISTS = "consentry.lists.v1"
+# Rights requests (erasure, access, ...): fan-out to every service and their answers.
+RIGHTS = "consentry.rights.v1"
+# Deliveries to subprocessors (recipients) and their acknowledgements.
+SUBPROCESSOR = "consentry.subprocessor.v1"
 
 _CONSUMER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 

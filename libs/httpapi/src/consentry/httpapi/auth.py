@@ -6,7 +6,9 @@ key from settings (refused outside development/test unless it is a strong secret
 with key management (the consent service's `DbKeyResolver`) chains its own resolver in front
 of it with `ChainKeyResolver`.
 
-Scopes (`Scope`): `consent:read`, `consent:write`, `policy:admin`, `audit:read`, `admin`.
+Scopes (`Scope`): `consent:read`, `consent:write`, `policy:admin`, `audit:read`,
+`preferences:read`, `preferences:write`, `preferences:admin`, `lists:read`, `rights:read`,
+`rights:write`, `subprocessors:read`, `subprocessors:admin`, `admin`.
 No scope implies another: `admin` is tenant administration (API keys, key rotation) and does
 not by itself read or write consents. An `admin` key can create keys with any scope, so it is
 the tenant's most powerful credential; every request still needs a key holding the scope of
@@ -35,6 +37,14 @@ class Scope(StrEnum):
     CONSENT_WRITE = "consent:write"
     POLICY_ADMIN = "policy:admin"
     AUDIT_READ = "audit:read"
+    PREFERENCES_READ = "preferences:read"
+    PREFERENCES_WRITE = "preferences:write"
+    PREFERENCES_ADMIN = "preferences:admin"  # communication topics
+    LISTS_READ = "lists:read"  # marketing lists and the suppression filter (sending systems)
+    RIGHTS_READ = "rights:read"  # rights requests (erasure, access): status, deadlines
+    RIGHTS_WRITE = "rights:write"  # file, verify, extend, reject rights requests
+    SUBPROCESSORS_READ = "subprocessors:read"  # recipients and what they were told
+    SUBPROCESSORS_ADMIN = "subprocessors:admin"  # the registry of recipients
     ADMIN = "admin"
 
 
@@ -146,4 +156,12 @@ ConsentRead = Annotated[Principal, Depends(require(Scope.CONSENT_READ))]
 ConsentWrite = Annotated[Principal, Depends(require(Scope.CONSENT_WRITE))]
 PolicyAdmin = Annotated[Principal, Depends(require(Scope.POLICY_ADMIN))]
 AuditRead = Annotated[Principal, Depends(require(Scope.AUDIT_READ))]
+PreferencesRead = Annotated[Principal, Depends(require(Scope.PREFERENCES_READ))]
+PreferencesWrite = Annotated[Principal, Depends(require(Scope.PREFERENCES_WRITE))]
+PreferencesAdmin = Annotated[Principal, Depends(require(Scope.PREFERENCES_ADMIN))]
+ListsRead = Annotated[Principal, Depends(require(Scope.LISTS_READ))]
+RightsRead = Annotated[Principal, Depends(require(Scope.RIGHTS_READ))]
+RightsWrite = Annotated[Principal, Depends(require(Scope.RIGHTS_WRITE))]
+SubprocessorsRead = Annotated[Principal, Depends(require(Scope.SUBPROCESSORS_READ))]
+SubprocessorsAdmin = Annotated[Principal, Depends(require(Scope.SUBPROCESSORS_ADMIN))]
 Admin = Annotated[Principal, Depends(require(Scope.ADMIN))]

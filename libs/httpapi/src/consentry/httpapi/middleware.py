@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -51,7 +52,8 @@ class RequestLog:
 class BodySizeLimit:
     """Refuses request bodies larger than `max_bytes` with 413 problem+json.
 
-    `per_path` raises (or lowers) the limit for exact paths, e.g. a batch endpoint.
+    `per_path` raises (or lowers) the limit for exact paths, e.g. a batch endpoint; a path
+    with `{name}` segments (a route template) matches any one segment there.
     """
 
     def __init__(
@@ -59,13 +61,27 @@ class BodySizeLimit:
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.per_path = dict(per_path or {})
+        self.per_path = {path: n for path, n in (per_path or {}).items() if "{" not in path}
+        self.templates = [
+            (re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"), n)
+            for path, n in (per_path or {}).items()
+            if "{" in path
+        ]
+
+    def _limit(self, path: str) -> int:
+        exact = self.per_path.get(path)
+        if exact is not None:
+            return exact
+        for pattern, limit in self.templates:
+            if pattern.match(path):
+                return limit
+        return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        max_bytes = self.per_path.get(scope["path"], self.max_bytes)
+        max_bytes = self._limit(scope["path"])
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             await _too_large(send, max_bytes)

@@ -23,8 +23,18 @@ from consentry.eventing.db import Connection, Pool, create_pool
 from consentry.eventing.envelope import ReceivedEvent
 from consentry.eventing.logs import get_logger
 
-# Every topic whose events the audit log records.
-AUDITED_TOPICS = (topics.CONSENT,)
+# Every topic whose events the audit log records: consent and policy, preferences and
+# unsubscribes, list suppressions, rights requests (erasure, access) and subprocessor
+# deliveries and acknowledgements. Not the tenant directory (its events carry wrapped subject
+# keys and key hashes, which an immutable log must not keep) nor the intake topic (captures
+# are audited as the consent events they become).
+AUDITED_TOPICS = (
+    topics.CONSENT,
+    topics.PREFERENCES,
+    topics.LISTS,
+    topics.RIGHTS,
+    topics.SUBPROCESSOR,
+)
 log = get_logger(__name__)
 
 

@@ -1,7 +1,7 @@
-"""`python -m consentry.consent api|relay|intake|policy-scheduler|migrate|replay`: the consent
-service's processes.
+"""`python -m consentry.consent api|relay|intake|policy-scheduler|rights|rights-tracker|migrate|
+replay`: the consent service's processes.
 
-Tenant administration: `create-tenant` and `create-api-key` (see `--help`).
+Tenant administration: `create-tenant`, `create-api-key` and `publish-directory` (see `--help`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,17 @@ from consentry.consent.db import set_tenant
 from consentry.consent.keys.models import ApiKeyCreate, CreatedApiKey
 from consentry.consent.keys.service import create_key
 from consentry.consent.policies.activation import run_policy_scheduler
-from consentry.consent.settings import ApiSettings, PolicySchedulerSettings, TenantAdminSettings
+from consentry.consent.rights.fanout import run_rights_worker
+from consentry.consent.rights.tracker import run_rights_tracker
+from consentry.consent.settings import (
+    ApiSettings,
+    PolicySchedulerSettings,
+    RightsTrackerSettings,
+    RightsWorkerSettings,
+    TenantAdminSettings,
+)
 from consentry.consent.tenants import repository as tenants_repository
+from consentry.consent.tenants.events import Announced, publish_directory
 from consentry.consent.tenants.service import TenantExistsError, create_tenant
 from consentry.eventing.migrations import Migration, service_migrations
 from consentry.eventing.relay import RelaySettings, run_relay
@@ -57,6 +66,20 @@ add_worker(
     run_intake,
     "Apply consent captures from the intake topic; dead-letter what the rules refuse.",
 )
+add_worker(
+    cli,
+    "rights",
+    RightsWorkerSettings,
+    run_rights_worker,
+    "Fan rights requests out (erasing the consent service's own data) and warn of deadlines.",
+)
+add_worker(
+    cli,
+    "rights-tracker",
+    RightsTrackerSettings,
+    run_rights_tracker,
+    "Record every service's and recipient's answer to rights requests; complete them.",
+)
 add_replay(cli)
 
 
@@ -89,7 +112,11 @@ def create_tenant_command(
         try:
             async with conn.transaction():  # tenant, its seeds and its key, or nothing
                 created = await create_tenant(
-                    conn, sealer=settings.sealer(), name=name, tenant_id=tenant_id
+                    conn,
+                    sealer=settings.sealer(),
+                    name=name,
+                    tenant_id=tenant_id,
+                    directory=settings.directory_sealer(),
                 )
                 key = await create_key(
                     conn,
@@ -147,6 +174,28 @@ def create_api_key_command(
         typer.echo(f"error: no tenant {tenant_id}", err=True)
         raise typer.Exit(1)
     _print_key(tenant_id, key)
+
+
+@cli.command("publish-directory")
+def publish_directory_command() -> None:
+    """Announce every tenant, API key and revocation on the tenant topic again (through the
+    outbox; the relay publishes them): for a service that joins later, or after the broker
+    lost its data. Other services treat repeats as no-ops (docs/adr/0008-tenant-directory.md)."""
+    settings = cli_settings(TenantAdminSettings)
+
+    async def run() -> Announced:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return await publish_directory(
+                conn, sealer=settings.sealer(), directory=settings.directory_sealer()
+            )
+        finally:
+            await conn.close()
+
+    announced = asyncio.run(run())
+    typer.echo(f"tenants: {announced.tenants}")
+    typer.echo(f"api_keys: {announced.api_keys}")
+    typer.echo(f"revocations: {announced.revocations}")
 
 
 if __name__ == "__main__":

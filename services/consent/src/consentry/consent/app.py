@@ -16,6 +16,10 @@ from consentry.consent.policies.views import router as policies_router
 from consentry.consent.purposes.views import router as purposes_router
 from consentry.consent.receipts.service import ReceiptSigner
 from consentry.consent.receipts.views import router as receipts_router
+from consentry.consent.rights.export import ExportLinks, link_key
+from consentry.consent.rights.service import ErasurePolicy
+from consentry.consent.rights.views import exports_router
+from consentry.consent.rights.views import router as rights_router
 from consentry.consent.settings import ApiSettings
 from consentry.consent.tenants.service import SubjectKeys, TenantNames, ensure_tenant
 from consentry.consent.tenants.views import router as tenants_router
@@ -31,9 +35,21 @@ def create_app(settings: ApiSettings) -> FastAPI:
         if settings.dev_api_key is not None:  # the dev key's tenant must exist
             async with pool.acquire() as conn, conn.transaction():
                 await ensure_tenant(
-                    conn, sealer=sealer, tenant_id=settings.dev_tenant_id, name="development"
+                    conn,
+                    sealer=sealer,
+                    tenant_id=settings.dev_tenant_id,
+                    name="development",
+                    directory=settings.directory_sealer(),
                 )
         app.state.subject_keys = SubjectKeys(pool, sealer)
+        # Rights requests: notes and export keys are sealed; what an erasure waits for.
+        app.state.sealer = sealer
+        app.state.erasure_policy = ErasurePolicy(
+            settings.expected_services, settings.erasure_await_recipients
+        )
+        app.state.export_links = ExportLinks(
+            link_key(settings.consent_master_key.get_secret_value())
+        )
         # Signs consent receipts; each tenant's key is unsealed once and cached (docs/receipts.md).
         app.state.receipt_signer = ReceiptSigner(pool, sealer)
         # Purposes and policy versions for the consent rules, cached per tenant.
@@ -65,6 +81,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             receipts_router,
             purposes_router,
             policies_router,
+            rights_router,
+            exports_router,
         ],
         on_startup=on_startup,
         on_shutdown=on_shutdown,
@@ -72,6 +90,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         body_limits={
             "/v1/checks": settings.batch_check_max_body_bytes,
             "/v1/subject-refs": settings.batch_check_max_body_bytes,
+            "/v1/rights-requests": settings.rights_max_body_bytes,
         },
     )
 

@@ -2,21 +2,59 @@
 
 from __future__ import annotations
 
+import re
 from uuid import UUID
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from consentry.consent.sealing import MasterKeySettings
-from consentry.eventing.settings import DatabaseSettings
+from consentry.eventing.directory import DirectoryKeySettings
+from consentry.eventing.settings import ConsentrySettings, DatabaseSettings, KafkaSettings
 from consentry.httpapi.server import refuse_weak_dev_key
 from consentry.httpapi.service import ServiceHttpSettings
 
 # The development tenant of `make run` (the dev key's tenant unless configured otherwise).
 DEV_TENANT_ID = UUID("00000000-0000-4000-8000-000000000001")
+_SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
-class ApiSettings(ServiceHttpSettings, MasterKeySettings):
-    """The consent HTTP API: its database, where it listens, the master key, API keys."""
+class ErasureSettings(ConsentrySettings):
+    """What an erasure request waits for (fixed per request when it is received) and the body
+    limit of the bulk rights-request path."""
+
+    erasure_services: str = Field(
+        default="consent,preferences",
+        description="comma-separated internal services whose ErasureCompleted each erasure "
+        "request waits for",
+    )
+    erasure_await_recipients: bool = Field(
+        default=True,
+        description="erasure requests also wait for the subprocessor notifier's "
+        "RecipientsSelected and every selected recipient's acknowledgement or dead letter",
+    )
+    rights_max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="request body limit of POST /v1/rights-requests (100,000 subject ids)",
+    )
+
+    @field_validator("erasure_services")
+    @classmethod
+    def _services_listed(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        if not names or any(not _SERVICE_NAME.match(name) for name in names):
+            raise ValueError("a comma-separated list of service names, e.g. consent,preferences")
+        return ",".join(dict.fromkeys(names))
+
+    @property
+    def expected_services(self) -> tuple[str, ...]:
+        """The services erasure requests wait for, in order."""
+        return tuple(self.erasure_services.split(","))
+
+
+class ApiSettings(ServiceHttpSettings, MasterKeySettings, DirectoryKeySettings, ErasureSettings):
+    """The consent HTTP API: its database, where it listens, the master key, API keys, and the
+    directory key that wraps the subject keys of tenants it announces (ADR 0008)."""
 
     dev_api_key: SecretStr | None = Field(
         default=None,
@@ -67,8 +105,9 @@ class ApiSettings(ServiceHttpSettings, MasterKeySettings):
         return self
 
 
-class TenantAdminSettings(DatabaseSettings, MasterKeySettings):
-    """The tenant commands (create-tenant, create-api-key): the owner's DSN and the master key."""
+class TenantAdminSettings(DatabaseSettings, MasterKeySettings, DirectoryKeySettings):
+    """The tenant commands (create-tenant, create-api-key, publish-directory): the owner's DSN,
+    the master key and the directory key."""
 
 
 class PolicySchedulerSettings(DatabaseSettings):
@@ -79,4 +118,27 @@ class PolicySchedulerSettings(DatabaseSettings):
     )
     policy_scheduler_batch_size: int = Field(
         default=1000, ge=1, le=100_000, description="subjects flagged per transaction"
+    )
+
+
+class RightsWorkerSettings(DatabaseSettings):
+    """The `rights` worker: fans rights requests out and publishes deadline warnings."""
+
+    rights_interval_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="how often to look for work without a NOTIFY"
+    )
+    rights_batch_size: int = Field(
+        default=1000, ge=1, le=10_000, description="subjects fanned out per transaction"
+    )
+    rights_due_soon_days: int = Field(
+        default=5, ge=0, le=30, description="days before the due day a request is 'due soon'"
+    )
+
+
+class RightsTrackerSettings(DatabaseSettings, KafkaSettings, MasterKeySettings):
+    """The `rights-tracker` worker: records every service's and recipient's answer and
+    completes requests, signing their certificates with the tenant's receipt key."""
+
+    rights_tracker_group_id: str = Field(
+        default="consent-rights-tracker", pattern=r"^[a-z][a-z0-9-]{0,62}$"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
@@ -23,12 +24,11 @@ FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id
 _REVOKE = """
 UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
 WHERE id = $1 AND tenant_id = $2
-RETURNING id
+RETURNING revoked_at
 """
+
+
 # Across tenants, before the tenant is known: only through the SECURITY DEFINER function.
-_RESOLVE = "SELECT tenant_id, scopes, secret_hash, revoked_at FROM consentry_resolve_api_key($1)"
-
-
 async def insert(
     conn: Connection,
     *,
@@ -52,11 +52,8 @@ async def list_keys(conn: Connection, *, tenant_id: UUID) -> list[asyncpg.Record
     return list(await conn.fetch(_LIST, tenant_id))
 
 
-async def revoke(conn: Connection, *, tenant_id: UUID, key_id: str) -> bool:
-    """Mark the tenant's key revoked; False when the tenant has no such key."""
-    return await conn.fetchval(_REVOKE, key_id, tenant_id) is not None
-
-
-async def resolve(conn: Connection, *, key_id: str) -> asyncpg.Record | None:
-    """Tenant, scopes, secret hash and revocation time of any tenant's key, or None."""
-    return await conn.fetchrow(_RESOLVE, key_id)
+async def revoke(conn: Connection, *, tenant_id: UUID, key_id: str) -> datetime | None:
+    """Mark the tenant's key revoked; when (the first revocation), or None when the tenant
+    has no such key."""
+    revoked_at: datetime | None = await conn.fetchval(_REVOKE, key_id, tenant_id)
+    return revoked_at

@@ -14,9 +14,6 @@ nothing but milliseconds of CPU to every cache miss. Comparison is constant-time
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
-import re
 import secrets
 from collections.abc import Sequence
 from uuid import UUID
@@ -24,35 +21,20 @@ from uuid import UUID
 from consentry.consent.db import tenant_transaction
 from consentry.consent.keys import repository
 from consentry.consent.keys.models import ApiKey, CreatedApiKey
+from consentry.consent.tenants.events import key_issued_event, key_revoked_event
+from consentry.eventing import outbox
 from consentry.eventing.db import Connection, Pool
 from consentry.httpapi.auth import Scope
+from consentry.httpapi.keys import KEY_PREFIX, hash_secret, parse_key
 from consentry.httpapi.problems import Problem
 
-KEY_PREFIX = "csk_"
 SECRET_BYTES = 32
-_KEY = re.compile(r"^csk_([a-z2-7]{16})_([A-Za-z0-9_-]{43})$")
-
-
-def hash_secret(secret: str) -> bytes:
-    """SHA-256 of a key's secret part: what is stored and compared."""
-    return hashlib.sha256(secret.encode()).digest()
-
-
-def secret_matches(secret: str, secret_hash: bytes) -> bool:
-    """Whether `secret` hashes to `secret_hash` (constant-time comparison)."""
-    return hmac.compare_digest(hash_secret(secret), secret_hash)
 
 
 def new_key() -> tuple[str, str]:
     """A fresh key id and the full key to present (`csk_<id>_<secret>`)."""
     key_id = base64.b32encode(secrets.token_bytes(10)).decode().lower()
     return key_id, f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(SECRET_BYTES)}"
-
-
-def parse_key(key: str) -> tuple[str, str] | None:
-    """The id and secret of a well-formed key, or None."""
-    match = _KEY.match(key)
-    return None if match is None else (match[1], match[2])
 
 
 async def create_key(
@@ -67,14 +49,26 @@ async def create_key(
     key_id, key = new_key()
     parsed = parse_key(key)
     assert parsed is not None
+    secret_hash = hash_secret(parsed[1])
     row = await repository.insert(
         conn,
         key_id=key_id,
         tenant_id=tenant_id,
         name=name,
         scopes=sorted({Scope(scope).value for scope in scopes}),
-        secret_hash=hash_secret(parsed[1]),
+        secret_hash=secret_hash,
         created_by_key=created_by_key,
+    )
+    # Other services learn the key from the tenant directory (ADR 0008): same transaction.
+    await outbox.add(
+        conn,
+        key_issued_event(
+            tenant_id=tenant_id,
+            key_id=key_id,
+            scopes=row["scopes"],
+            secret_hash=secret_hash,
+            issued_at=row["created_at"],
+        ),
     )
     return CreatedApiKey(**dict(row), key=key)
 
@@ -97,10 +91,15 @@ async def list_keys(pool: Pool, *, tenant_id: UUID) -> list[ApiKey]:
 
 
 async def revoke_key(pool: Pool, *, tenant_id: UUID, key_id: str) -> None:
-    """Revoke the tenant's key (again is fine); 404 problem when the tenant has no such key."""
+    """Revoke the tenant's key (again is fine, and announced again: the directory's consumers
+    treat a repeat as a no-op); 404 problem when the tenant has no such key."""
     async with tenant_transaction(pool, tenant_id) as conn:
-        found = await repository.revoke(conn, tenant_id=tenant_id, key_id=key_id)
-    if not found:
+        revoked_at = await repository.revoke(conn, tenant_id=tenant_id, key_id=key_id)
+        if revoked_at is not None:
+            await outbox.add(
+                conn, key_revoked_event(tenant_id=tenant_id, key_id=key_id, revoked_at=revoked_at)
+            )
+    if revoked_at is None:
         raise Problem(
             404, "api-key-not-found", "No such API key", "the tenant has no API key with this id"
         )

@@ -14,21 +14,33 @@ at once.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
-import unicodedata
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 from consentry.consent.db import set_tenant, tenant_transaction
 from consentry.consent.sealing import Sealer
 from consentry.consent.tenants import repository
+from consentry.consent.tenants.events import provisioned_event
 from consentry.consent.tenants.models import TENANT_NAME_MAX, TenantInfo
+from consentry.eventing import outbox
 from consentry.eventing.db import Connection, Pool
+from consentry.eventing.directory import (
+    normalise_subject_id,
+    pseudonymise,
+    pseudonymise_many,
+    subject_key_context,
+)
 
 SUBJECT_KEY_BYTES = 32
+
+__all__ = [
+    "normalise_subject_id",
+    "pseudonymise",
+    "pseudonymise_many",
+    "subject_key_context",
+]
 
 TenantSeeder = Callable[[Connection, UUID], Awaitable[None]]
 TENANT_SEEDERS: list[TenantSeeder] = []
@@ -39,34 +51,6 @@ class TenantExistsError(ValueError):
     """A tenant with this id exists already."""
 
 
-def normalise_subject_id(subject_id: str) -> str:
-    """Unicode NFC, surrounding whitespace removed, e-mail addresses case-folded."""
-    value = unicodedata.normalize("NFC", subject_id).strip()
-    return value.casefold() if "@" in value else value
-
-
-def pseudonymise_many(subject_key: bytes, subject_ids: Iterable[str]) -> list[str]:
-    """`pseudonymise` for many identifiers (the keyed HMAC state is prepared once)."""
-    keyed = hmac.new(subject_key, digestmod=hashlib.sha256)
-    refs = []
-    for subject_id in subject_ids:
-        mac = keyed.copy()
-        mac.update(normalise_subject_id(subject_id).encode())
-        refs.append(mac.hexdigest())
-    return refs
-
-
-def pseudonymise(subject_key: bytes, subject_id: str) -> str:
-    """The subject's pseudonymous reference: hex HMAC-SHA256 of the normalised identifier."""
-    normalised = normalise_subject_id(subject_id).encode()
-    return hmac.new(subject_key, normalised, hashlib.sha256).hexdigest()
-
-
-def subject_key_context(tenant_id: UUID) -> str:
-    """The sealing context (associated data) of a tenant's subject key."""
-    return f"tenant:{tenant_id}:subject-key"
-
-
 def _checked_name(name: str) -> str:
     value = name.strip()
     if not 1 <= len(value) <= TENANT_NAME_MAX or not value.isprintable():
@@ -74,14 +58,31 @@ def _checked_name(name: str) -> str:
     return value
 
 
-async def _insert(conn: Connection, *, sealer: Sealer, tenant_id: UUID, name: str) -> bool:
+async def _insert(
+    conn: Connection, *, sealer: Sealer, tenant_id: UUID, name: str, directory: Sealer | None
+) -> bool:
     await set_tenant(conn, tenant_id)  # raises unless in a transaction; RLS needs it
-    sealed = sealer.seal(
-        secrets.token_bytes(SUBJECT_KEY_BYTES), context=subject_key_context(tenant_id)
-    )
-    return await repository.insert(
+    subject_key = secrets.token_bytes(SUBJECT_KEY_BYTES)
+    sealed = sealer.seal(subject_key, context=subject_key_context(tenant_id))
+    created = await repository.insert(
         conn, tenant_id=tenant_id, name=_checked_name(name), subject_key_sealed=sealed
     )
+    if created and directory is not None:
+        # Announced in the creating transaction (ADR 0008): the only moment the clear key
+        # is at hand without opening it again.
+        row = await repository.get(conn, tenant_id=tenant_id)
+        assert row is not None
+        await outbox.add(
+            conn,
+            provisioned_event(
+                tenant_id=tenant_id,
+                name=row["name"],
+                subject_key=subject_key,
+                directory=directory,
+                provisioned_at=row["created_at"],
+            ),
+        )
+    return created
 
 
 async def _seed(conn: Connection, tenant_id: UUID) -> None:
@@ -90,26 +91,46 @@ async def _seed(conn: Connection, tenant_id: UUID) -> None:
 
 
 async def create_tenant(
-    conn: Connection, *, sealer: Sealer, name: str, tenant_id: UUID | None = None
+    conn: Connection,
+    *,
+    sealer: Sealer,
+    name: str,
+    tenant_id: UUID | None = None,
+    directory: Sealer | None = None,
 ) -> UUID:
     """Create a tenant with a fresh sealed subject key and seed it, in `conn`'s transaction.
+
+    With `directory` (the directory key's sealer) the tenant is announced on the tenant
+    topic in the same transaction (`TenantProvisioned`, ADR 0008); every process that
+    creates tenants passes it (None only where no other service needs the tenant, e.g. tests
+    of other domains; `publish-directory` announces such tenants later).
 
     The rest of the transaction is scoped to the new tenant. Raises `TenantExistsError` for
     an id in use and `ValueError` for a bad name.
     """
     tenant_id = tenant_id or uuid.uuid4()
-    if not await _insert(conn, sealer=sealer, tenant_id=tenant_id, name=name):
+    if not await _insert(conn, sealer=sealer, tenant_id=tenant_id, name=name, directory=directory):
         raise TenantExistsError(f"tenant {tenant_id} exists already")
     await _seed(conn, tenant_id)
     return tenant_id
 
 
-async def ensure_tenant(conn: Connection, *, sealer: Sealer, tenant_id: UUID, name: str) -> bool:
+async def ensure_tenant(
+    conn: Connection,
+    *,
+    sealer: Sealer,
+    tenant_id: UUID,
+    name: str,
+    directory: Sealer | None = None,
+) -> bool:
     """Create the tenant unless it exists (it keeps its key), then seed it; True if created.
 
-    Runs in `conn`'s open transaction, which it scopes to `tenant_id`.
+    A tenant it creates is announced as by `create_tenant` when `directory` is given. Runs
+    in `conn`'s open transaction, which it scopes to `tenant_id`.
     """
-    created = await _insert(conn, sealer=sealer, tenant_id=tenant_id, name=name)
+    created = await _insert(
+        conn, sealer=sealer, tenant_id=tenant_id, name=name, directory=directory
+    )
     await _seed(conn, tenant_id)
     return created
 

@@ -1,0 +1,346 @@
+"""SQL for rights requests. Functions receive an open connection scoped to the tenant (RLS),
+except `open_requests`, which asks the SECURITY DEFINER function of migration 0009."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from consentry.consent.rights.deadlines import Deadline, Extension, Pause
+from consentry.eventing.db import Connection
+
+# Wakes the `rights` worker (NOTIFY is delivered at commit; the worker also polls).
+CHANNEL = "consentry_rights"
+_NOTIFY = "SELECT pg_notify('consentry_rights', '')"
+
+_INSERT = """
+INSERT INTO rights_requests (
+    tenant_id, id, kind, requester, state, subject_count, note_sealed, expected_services,
+    await_recipients, received_at, timezone, holiday_country, roll_forward, pauses, due_at,
+    verified_at, started_at, export_public_key, export_key_sealed)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15, $16, $17, $18,
+        $19)
+"""
+# One statement for any number of subjects (COPY is not allowed into a table under row-level
+# security), numbered in the order given.
+_INSERT_SUBJECTS = """
+INSERT INTO rights_request_subjects (tenant_id, request_id, n, subject_ref)
+SELECT $1, $2, t.n, t.ref FROM unnest($3::text[]) WITH ORDINALITY AS t(ref, n)
+"""
+_GET = """
+SELECT id, kind, requester, state, subject_count, note_sealed, reason, expected_services,
+       await_recipients, received_at, timezone, holiday_country, roll_forward,
+       pauses::text AS pauses,
+       extension_months, extension_reason, extension_notice_sent_at, extended_at, closed_at,
+       due_at, verified_at, started_at, fanned_out, fanned_out_at, subjects_done,
+       subjects_with_recipients, export_public_key, certificate
+FROM rights_requests WHERE tenant_id = $1 AND id = $2
+"""
+# NO KEY UPDATE: serialises changes of the request, yet lets foreign-key checks of its
+# bookkeeping rows (FOR KEY SHARE) through.
+_LOCK = _GET + "FOR NO KEY UPDATE"
+_SAVE = """
+UPDATE rights_requests SET
+    state = $3, pauses = $4::jsonb, extension_months = $5, extension_reason = $6,
+    extension_notice_sent_at = $7, extended_at = $8, closed_at = $9, due_at = $10,
+    reason = coalesce($11, reason), verified_at = coalesce($12, verified_at),
+    started_at = coalesce($13, started_at), certificate = coalesce($14, certificate),
+    updated_at = now()
+WHERE tenant_id = $1 AND id = $2
+"""
+_FIRST_SUBJECT = """
+SELECT subject_ref FROM rights_request_subjects WHERE tenant_id = $1 AND request_id = $2 AND n = 1
+"""
+_SERVICES = """
+SELECT service, subjects, erased, first_completed_at, last_completed_at
+FROM rights_request_services WHERE tenant_id = $1 AND request_id = $2 ORDER BY service
+"""
+_RECIPIENTS = """
+SELECT recipient_id, selected, acknowledged, dead_lettered, first_acknowledged_at,
+       last_acknowledged_at, last_dead_lettered_at
+FROM rights_request_recipients WHERE tenant_id = $1 AND request_id = $2 ORDER BY recipient_id
+"""
+# SHA-256 over the request's subject references, sorted, one per line: lets whoever holds
+# the list check that the certificate covers exactly those subjects.
+_SUBJECTS_DIGEST = """
+SELECT encode(sha256(convert_to(string_agg(subject_ref, E'\\n' ORDER BY subject_ref), 'UTF8')),
+              'hex')
+FROM rights_request_subjects WHERE tenant_id = $1 AND request_id = $2
+"""
+# Listing by due instant with a keyset cursor. `$3` filters on the deadline: 'overdue' (open,
+# clock running, due instant passed), 'due-soon' (open, clock running, not overdue, at most
+# $6 local calendar days to the due day: due_at is the start of the day after it), or 'all'.
+_LIST = """
+SELECT id, kind, requester, state, subject_count, received_at, due_at, timezone,
+       holiday_country, roll_forward, pauses::text AS pauses, extension_months,
+       extension_reason, extension_notice_sent_at, extended_at, closed_at
+FROM rights_requests
+WHERE tenant_id = $1
+  AND ($2::text IS NULL OR state = $2)
+  AND CASE $3::text
+        WHEN 'overdue' THEN closed_at IS NULL AND state <> 'received' AND due_at <= $4
+        WHEN 'due-soon' THEN closed_at IS NULL AND state <> 'received' AND due_at > $4
+             AND ((due_at AT TIME ZONE timezone)::date - 1)
+                 - ($4::timestamptz AT TIME ZONE timezone)::date <= $6
+        ELSE true
+      END
+  AND ($7::timestamptz IS NULL OR (due_at, id) > ($7, $8::uuid))
+ORDER BY due_at, id
+LIMIT $5
+"""
+
+# --- The `rights` worker: fan-out and deadline scan.
+_OPEN = "SELECT tenant_id, request_id, fan_out FROM consentry_rights_open_requests($1)"
+_NEXT_SUBJECTS = """
+SELECT n, subject_ref FROM rights_request_subjects
+WHERE tenant_id = $1 AND request_id = $2 AND n > $3
+ORDER BY n LIMIT $4
+"""
+_ERASE = "SELECT subject_ref, subjects, consents, ledger FROM consentry_erase_subjects($1, $2)"
+_ADVANCE = """
+UPDATE rights_requests SET fanned_out = $3,
+    fanned_out_at = CASE WHEN $3 = subject_count THEN $4 ELSE fanned_out_at END,
+    updated_at = now()
+WHERE tenant_id = $1 AND id = $2
+"""
+_NOTICE = """
+INSERT INTO rights_deadline_notices (tenant_id, request_id, status, due_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING
+RETURNING 1
+"""
+
+
+# --- Deadline facts <-> columns
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def pauses_json(deadline: Deadline) -> str:
+    """The deadline's pauses as stored (a JSON array)."""
+    return json.dumps(
+        [
+            {"paused_at": _iso(p.paused_at), "resumed_at": _iso(p.resumed_at)}
+            for p in deadline.pauses
+        ]
+    )
+
+
+def deadline_of(row: asyncpg.Record) -> Deadline:
+    """Rebuild a request's deadline from its stored facts (re-checking every rule)."""
+    pauses = tuple(
+        Pause(
+            datetime.fromisoformat(p["paused_at"]),
+            None if p["resumed_at"] is None else datetime.fromisoformat(p["resumed_at"]),
+        )
+        for p in json.loads(row["pauses"])
+    )
+    extension = None
+    if row["extended_at"] is not None:
+        extension = Extension(
+            row["extension_months"],
+            row["extension_reason"],
+            row["extension_notice_sent_at"],
+            row["extended_at"],
+        )
+    return Deadline.restore(
+        row["received_at"],
+        row["timezone"],
+        row["holiday_country"],
+        roll_forward=row["roll_forward"],
+        pauses=pauses,
+        extension=extension,
+        closed_at=row["closed_at"],
+    )
+
+
+# --- Requests
+
+
+async def insert_request(
+    conn: Connection,
+    *,
+    tenant_id: UUID,
+    request_id: UUID,
+    kind: str,
+    requester: str,
+    state: str,
+    subject_refs: Sequence[str],
+    note_sealed: bytes | None,
+    expected_services: Sequence[str],
+    await_recipients: bool,
+    deadline: Deadline,
+    verified_at: datetime | None,
+    started_at: datetime | None,
+    export_public_key: bytes | None,
+    export_key_sealed: bytes | None,
+) -> None:
+    """Store a new request and its subjects (numbered in the order given)."""
+    await conn.execute(
+        _INSERT,
+        tenant_id,
+        request_id,
+        kind,
+        requester,
+        state,
+        len(subject_refs),
+        note_sealed,
+        list(expected_services),
+        await_recipients,
+        deadline.received_at,
+        deadline.timezone,
+        deadline.holiday_country,
+        deadline.roll_forward,
+        pauses_json(deadline),
+        deadline.due_at,
+        verified_at,
+        started_at,
+        export_public_key,
+        export_key_sealed,
+    )
+    await conn.execute(_INSERT_SUBJECTS, tenant_id, request_id, list(subject_refs))
+
+
+async def get_request(
+    conn: Connection, *, tenant_id: UUID, request_id: UUID, lock: bool = False
+) -> asyncpg.Record | None:
+    """The request (locked until the transaction ends with `lock`), or None."""
+    return await conn.fetchrow(_LOCK if lock else _GET, tenant_id, request_id)
+
+
+async def save(
+    conn: Connection,
+    *,
+    tenant_id: UUID,
+    request_id: UUID,
+    state: str,
+    deadline: Deadline,
+    reason: str | None = None,
+    verified_at: datetime | None = None,
+    started_at: datetime | None = None,
+    certificate: str | None = None,
+) -> None:
+    """Store the request's new state and deadline facts, and the derived due instant."""
+    extension = deadline.extension
+    await conn.execute(
+        _SAVE,
+        tenant_id,
+        request_id,
+        state,
+        pauses_json(deadline),
+        None if extension is None else extension.months,
+        None if extension is None else extension.reason,
+        None if extension is None else extension.notice_sent_at,
+        None if extension is None else extension.extended_at,
+        deadline.closed_at,
+        deadline.due_at,
+        reason,
+        verified_at,
+        started_at,
+        certificate,
+    )
+
+
+async def notify_worker(conn: Connection) -> None:
+    """Wake the `rights` worker when this transaction commits."""
+    await conn.execute(_NOTIFY)
+
+
+async def first_subject(conn: Connection, *, tenant_id: UUID, request_id: UUID) -> str | None:
+    """The reference of the request's first subject."""
+    ref: str | None = await conn.fetchval(_FIRST_SUBJECT, tenant_id, request_id)
+    return ref
+
+
+async def services(conn: Connection, *, tenant_id: UUID, request_id: UUID) -> list[asyncpg.Record]:
+    """Per internal service: subjects reported, what was erased, first and last report."""
+    return list(await conn.fetch(_SERVICES, tenant_id, request_id))
+
+
+async def recipients(
+    conn: Connection, *, tenant_id: UUID, request_id: UUID
+) -> list[asyncpg.Record]:
+    """Per recipient: subjects selected, acknowledged and dead-lettered, with times."""
+    return list(await conn.fetch(_RECIPIENTS, tenant_id, request_id))
+
+
+async def subjects_digest(conn: Connection, *, tenant_id: UUID, request_id: UUID) -> str:
+    """SHA-256 (hex) of the request's subject references, sorted, newline-separated."""
+    digest: str = await conn.fetchval(_SUBJECTS_DIGEST, tenant_id, request_id)
+    return digest
+
+
+async def list_requests(
+    conn: Connection,
+    *,
+    tenant_id: UUID,
+    state: str | None,
+    deadline: str,
+    now: datetime,
+    limit: int,
+    soon_days: int,
+    after: tuple[datetime, UUID] | None,
+) -> list[asyncpg.Record]:
+    """A page of requests by (due_at, id), after the cursor `after`."""
+    return list(
+        await conn.fetch(
+            _LIST,
+            tenant_id,
+            state,
+            deadline,
+            now,
+            limit,
+            soon_days,
+            None if after is None else after[0],
+            None if after is None else after[1],
+        )
+    )
+
+
+# --- Worker
+
+
+async def open_requests(conn: Connection, *, due_by: datetime) -> list[asyncpg.Record]:
+    """Every tenant's open requests with work: (tenant_id, request_id, fan_out)."""
+    return list(await conn.fetch(_OPEN, due_by))
+
+
+async def next_subjects(
+    conn: Connection, *, tenant_id: UUID, request_id: UUID, after: int, limit: int
+) -> list[asyncpg.Record]:
+    """The next subjects to fan out: (n, subject_ref) after number `after`."""
+    return list(await conn.fetch(_NEXT_SUBJECTS, tenant_id, request_id, after, limit))
+
+
+async def erase_subjects(
+    conn: Connection, *, tenant_id: UUID, subject_refs: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """Erase the consent service's own data of the subjects; per reference, rows deleted."""
+    rows = await conn.fetch(_ERASE, tenant_id, list(subject_refs))
+    return {
+        row["subject_ref"]: {
+            "subjects": row["subjects"],
+            "consents": row["consents"],
+            "ledger": row["ledger"],
+        }
+        for row in rows
+    }
+
+
+async def advance(
+    conn: Connection, *, tenant_id: UUID, request_id: UUID, fanned_out: int, now: datetime
+) -> None:
+    """Record that subjects 1..`fanned_out` have been fanned out."""
+    await conn.execute(_ADVANCE, tenant_id, request_id, fanned_out, now)
+
+
+async def record_notice(
+    conn: Connection, *, tenant_id: UUID, request_id: UUID, status: str, due_at: datetime
+) -> bool:
+    """Remember a deadline event; False when it was published already."""
+    return await conn.fetchval(_NOTICE, tenant_id, request_id, status, due_at) is not None

@@ -1,0 +1,293 @@
+"""The `rights` worker against a real PostgreSQL as the application's role: the consent
+service's own data is erased with the fan-out events in chunked, resumable transactions;
+access requests carry their export key; deadline warnings are published once; the worker
+process wakes on NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import httpx
+import pytest
+import pytest_asyncio
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from consentry.consent.db import set_tenant
+from consentry.consent.rights.deadlines import Deadline
+from consentry.consent.rights.fanout import fan_out_chunk, rights_pass, run_rights_worker
+from consentry.consent.rights.service import export_key_context
+from consentry.consent.sealing import Sealer
+from consentry.consent.settings import RightsWorkerSettings
+from consentry.consent.tenants.service import pseudonymise
+from consentry.eventing import catalogue
+from consentry.eventing.db import Pool
+from consentry.eventing.testing import outbox_events
+from consentry.rights.v1 import rights_pb2
+
+from .conftest import TENANT_ID
+from .test_rights_support import backdate, file, messages
+
+pytestmark = pytest.mark.integration
+BASE = "/v1/rights-requests"
+
+
+@pytest_asyncio.fixture
+async def pool(app_dsn: str) -> AsyncIterator[Pool]:
+    """A pool logged in as the application's role (row-level security applies)."""
+    created = await asyncpg.create_pool(app_dsn, min_size=1, max_size=4)
+    assert created is not None
+    yield created
+    await created.close()
+
+
+async def give(client: httpx.AsyncClient, subject_id: str, *purposes: str) -> None:
+    for purpose in purposes:
+        response = await client.put(
+            f"/v1/subjects/{subject_id}/consents/{purpose}",
+            json={"status": "given", "policy_version": "2026-01"},
+        )
+        assert response.status_code == 200, response.text
+
+
+async def rows_of(db: asyncpg.Connection, table: str, subject_ref: str) -> int:
+    count: int = await db.fetchval(
+        f"SELECT count(*) FROM {table} WHERE subject_ref = $1",
+        subject_ref,
+    )
+    return count
+
+
+async def test_erasure_deletes_consents_own_data_and_fans_out_every_subject(
+    client: httpx.AsyncClient,
+    published_policy: str,
+    pool: Pool,
+    db: asyncpg.Connection,
+    app_conn: asyncpg.Connection,
+    subject_key: bytes,
+) -> None:
+    await give(client, "alice", "performance", "targeting")
+    await give(client, "bob", "performance")
+    alice, bob, nobody = (pseudonymise(subject_key, s) for s in ("alice", "bob", "nobody"))
+    assert await rows_of(db, "consent_ledger", alice) == 2
+    filed = await file(client, kind="erasure", requester="tenant", subject_ids=["alice", "nobody"])
+
+    assert await rights_pass(pool, now=datetime.now(UTC), batch_size=1) == 2
+
+    # The consent service's own data of alice is gone; bob's is untouched.
+    for table in ("subjects", "consents", "consent_ledger"):
+        assert await rows_of(db, table, alice) == 0, table
+    assert await rows_of(db, "consent_ledger", bob) == 1
+    gone = await client.get("/v1/subjects/alice/consents")
+    assert gone.status_code == 404
+    assert (await client.get("/v1/subjects/alice/proof")).status_code == 404
+
+    requested = await outbox_events(db, catalogue.ERASURE_REQUESTED)
+    completed = await outbox_events(db, catalogue.ERASURE_COMPLETED)
+    assert [e.subject_ref for e in requested] == [alice, nobody]
+    assert [e.subject_ref for e in completed] == [alice, nobody]
+    row = await db.fetchrow("SELECT * FROM rights_requests WHERE id = $1", uuid.UUID(filed["id"]))
+    assert row is not None
+    for event in requested:
+        message = event.message
+        assert isinstance(message, rights_pb2.ErasureRequested)
+        assert event.key == f"{TENANT_ID}/{event.subject_ref}".encode()
+        assert message.request_id == filed["id"]
+        assert message.kind == rights_pb2.REQUEST_KIND_ERASURE
+        assert message.requester == rights_pb2.REQUESTER_TENANT
+        assert message.due_at.ToDatetime(tzinfo=UTC) == row["due_at"]
+    answers = messages(completed, rights_pb2.ErasureCompleted)
+    erased = {m.subject_ref: list(m.erased) for m in answers}
+    assert erased == {alice: ["subject", "consents", "consent-ledger"], nobody: []}
+    assert {m.service for m in answers} == {"consent"}
+    assert row["fanned_out"] == 2
+    assert row["fanned_out_at"] is not None
+
+    # Nothing is sent twice.
+    assert await rights_pass(pool, now=datetime.now(UTC)) == 0
+    assert len(await outbox_events(db, catalogue.ERASURE_REQUESTED)) == 2
+    progress = (await client.get(f"{BASE}/{filed['id']}")).json()["progress"]
+    assert progress["fanned_out"] == 2
+    assert progress["done"] == 0
+    assert progress["expected_services"] == ["consent", "preferences"]
+
+
+async def test_the_ledger_stays_append_only_for_the_application(
+    app_conn: asyncpg.Connection,
+) -> None:
+    other_tenant = uuid.uuid4()
+    async with app_conn.transaction():
+        await set_tenant(app_conn, TENANT_ID)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await app_conn.execute("DELETE FROM consent_ledger")
+    for table in ("consents", "subjects", "rights_requests", "rights_request_subjects"):
+        async with app_conn.transaction():
+            await set_tenant(app_conn, TENANT_ID)
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await app_conn.execute(f"DELETE FROM {table}")
+    # The erase function works only for the tenant the transaction is scoped to.
+    async with app_conn.transaction():
+        await set_tenant(app_conn, TENANT_ID)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await app_conn.fetch(
+                "SELECT * FROM consentry_erase_subjects($1, $2)", other_tenant, ["x"]
+            )
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await app_conn.fetch("SELECT * FROM consentry_erase_subjects($1, $2)", TENANT_ID, ["x"])
+
+
+async def test_a_subjects_request_fans_out_only_after_identity_verification(
+    client: httpx.AsyncClient, pool: Pool, db: asyncpg.Connection
+) -> None:
+    filed = await file(client, kind="child-data-erasure", requester="subject", subject_id="kid")
+    await rights_pass(pool, now=datetime.now(UTC))
+    assert await outbox_events(db, catalogue.ERASURE_REQUESTED) == []
+    await client.post(f"{BASE}/{filed['id']}/identity", json={"verified": True})
+    await rights_pass(pool, now=datetime.now(UTC))
+    (message,) = messages(
+        await outbox_events(db, catalogue.ERASURE_REQUESTED), rights_pb2.ErasureRequested
+    )
+    assert message.kind == rights_pb2.REQUEST_KIND_CHILD_DATA_ERASURE
+    assert message.requester == rights_pb2.REQUESTER_SUBJECT
+    # The erasure has begun: it can no longer be rejected.
+    refused = await client.post(f"{BASE}/{filed['id']}/reject", json={"reason": "too late"})
+    assert refused.status_code == 409
+    assert refused.json()["type"] == "urn:consentry:problem:rights-request-state-conflict"
+
+
+async def test_the_fan_out_resumes_after_the_last_committed_chunk(
+    client: httpx.AsyncClient, pool: Pool, db: asyncpg.Connection
+) -> None:
+    ids = [f"user-{n}" for n in range(7)]
+    filed = await file(client, kind="erasure", requester="tenant", subject_ids=ids)
+    request_id = uuid.UUID(filed["id"])
+    # One chunk commits, then the worker "dies".
+    assert await fan_out_chunk(pool, tenant_id=TENANT_ID, request_id=request_id, batch_size=3) == 3
+    assert len(await outbox_events(db, catalogue.ERASURE_REQUESTED)) == 3
+    # A chunk that fails rolls back whole: nothing of it is queued or counted.
+    with contextlib.suppress(asyncpg.PostgresError):
+        async with pool.acquire() as conn, conn.transaction():
+            await set_tenant(conn, TENANT_ID)
+            await conn.execute("UPDATE rights_requests SET fanned_out = 5")
+            raise asyncpg.PostgresError("crash")
+    # The next worker continues after the third subject: every subject exactly once.
+    assert await rights_pass(pool, now=datetime.now(UTC), batch_size=3) == 4
+    requested = await outbox_events(db, catalogue.ERASURE_REQUESTED)
+    refs = await db.fetch(
+        "SELECT subject_ref FROM rights_request_subjects WHERE request_id = $1 ORDER BY n",
+        request_id,
+    )
+    assert [e.subject_ref for e in requested] == [r["subject_ref"] for r in refs]
+
+
+async def test_an_access_request_carries_its_export_key(
+    client: httpx.AsyncClient, pool: Pool, db: asyncpg.Connection, sealer: Sealer
+) -> None:
+    filed = await file(client, kind="access", requester="tenant", subject_ids=["a", "b"])
+    await rights_pass(pool, now=datetime.now(UTC))
+    events = await outbox_events(db, catalogue.ACCESS_REQUESTED)
+    assert len(events) == 2
+    row = await db.fetchrow(
+        "SELECT export_public_key, export_key_sealed FROM rights_requests WHERE id = $1",
+        uuid.UUID(filed["id"]),
+    )
+    assert row is not None
+    private = X25519PrivateKey.from_private_bytes(
+        sealer.open(
+            row["export_key_sealed"], context=export_key_context(TENANT_ID, uuid.UUID(filed["id"]))
+        )
+    )
+    public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    assert public == row["export_public_key"]
+    for message in messages(events, rights_pb2.AccessRequested):
+        assert message.export_public_key == public
+        assert message.request_id == filed["id"]
+    assert await outbox_events(db, catalogue.ERASURE_REQUESTED) == []
+
+
+async def test_deadline_warnings_are_published_once_per_status_and_due_instant(
+    client: httpx.AsyncClient, pool: Pool, db: asyncpg.Connection
+) -> None:
+    now = datetime.now(UTC)
+    overdue = await file(client, kind="correction", requester="tenant", subject_id="late")
+    soon = await file(client, kind="correction", requester="tenant", subject_id="soon")
+    paused = await file(client, kind="erasure", requester="subject", subject_id="waiting")
+    fresh = await file(client, kind="correction", requester="tenant", subject_id="fresh")
+    await backdate(db, overdue["id"], now - timedelta(days=45))
+    await backdate(db, paused["id"], now - timedelta(days=45), paused=True)
+    for days in range(26, 31):
+        received = now - timedelta(days=days)
+        if Deadline.start(received, "Europe/Stockholm", "SE").status(now) == "due_soon":
+            await backdate(db, soon["id"], received)
+            break
+    else:
+        pytest.fail("no receipt date gives a due-soon request")
+
+    await rights_pass(pool, now=now)
+    await rights_pass(pool, now=now + timedelta(minutes=1))
+    warnings = await outbox_events(db, catalogue.REQUEST_DEADLINE)
+    statuses = {m.request_id: m.status for m in messages(warnings, rights_pb2.RequestDeadline)}
+    assert statuses == {
+        overdue["id"]: rights_pb2.DEADLINE_STATUS_OVERDUE,
+        soon["id"]: rights_pb2.DEADLINE_STATUS_DUE_SOON,
+    }
+    assert len(warnings) == 2
+    assert all(e.key == f"{TENANT_ID}/requests".encode() for e in warnings)
+
+    # Extended by a month, the due-soon request is on track; once overdue for its new due
+    # instant, that is reported (once).
+    extended = await client.post(
+        f"{BASE}/{soon['id']}/extend",
+        json={"months": 1, "reason": "complex", "notice_sent_at": now.isoformat()},
+    )
+    assert extended.status_code == 200, extended.text
+    new_due = datetime.fromisoformat(extended.json()["deadline"]["due_at"])
+    await rights_pass(pool, now=datetime.now(UTC))
+    assert len(await outbox_events(db, catalogue.REQUEST_DEADLINE)) == 2
+    await rights_pass(pool, now=new_due + timedelta(seconds=1))
+    await rights_pass(pool, now=new_due + timedelta(seconds=2))
+    latest = (await outbox_events(db, catalogue.REQUEST_DEADLINE))[2:]
+    # By then the fresh request (due a month earlier) is overdue too; the paused one never.
+    later = messages(latest, rights_pb2.RequestDeadline)
+    assert sorted((m.request_id, m.status) for m in later) == sorted(
+        [
+            (soon["id"], rights_pb2.DEADLINE_STATUS_OVERDUE),
+            (fresh["id"], rights_pb2.DEADLINE_STATUS_OVERDUE),
+        ]
+    )
+
+
+async def test_the_worker_process_wakes_on_notify(
+    client: httpx.AsyncClient, app_dsn: str, db: asyncpg.Connection
+) -> None:
+    settings = RightsWorkerSettings(
+        database_url=app_dsn, environment="test", rights_interval_seconds=600
+    )
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_rights_worker(settings, stop))
+    try:
+        first = await file(client, kind="erasure", requester="tenant", subject_ids=["p", "q"])
+        await wait_for_events(db, 2)  # the worker's first round (or its first NOTIFY)
+        row = await db.fetchrow(
+            "SELECT fanned_out FROM rights_requests WHERE id = $1", uuid.UUID(first["id"])
+        )
+        assert row is not None
+        assert row["fanned_out"] == 2
+        # Now the worker waits (600 s); only the NOTIFY at commit can wake it in time.
+        await file(client, kind="erasure", requester="tenant", subject_ids=["r"])
+        await wait_for_events(db, 3)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 10)
+
+
+async def wait_for_events(db: asyncpg.Connection, count: int, seconds: float = 30) -> None:
+    """Poll the outbox until it holds `count` ErasureRequested events."""
+    async with asyncio.timeout(seconds):
+        while len(await outbox_events(db, catalogue.ERASURE_REQUESTED)) < count:
+            await asyncio.sleep(0.05)
