@@ -54,6 +54,7 @@ fmt: install ## format and autofix
 	$(UV) run --frozen ruff check --fix .
 
 test: install ## run every test (starts its own PostgreSQL and broker unless CONSENTRY_* URLs are set)
+	@scripts/ensure-chromium.sh  # Debian's Chromium for the preference-center browser test
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 run: install ## start the whole stack on this machine (Ctrl-C stops everything)

@@ -1,0 +1,1 @@
+"""Marketing lists: membership and suppression kept by the list processor, and the list API."""

@@ -1,0 +1,169 @@
+"""The preferences service's part of rights requests: erasure by crypto-shredding, and its
+part of an access export (real PostgreSQL; events encoded and decoded as on the wire)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import asyncpg
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from consentry.eventing import catalogue
+from consentry.eventing.envelope import Event, ReceivedEvent, decode, encode
+from consentry.eventing.sealing import Sealer, SealingError, open_part
+from consentry.eventing.testing import outbox_events
+from consentry.preferences import contacts
+from consentry.preferences.rights.worker import RightsHandler
+from consentry.preferences.tenants import load_keys
+from consentry.preferences.v1 import lists_pb2
+from consentry.rights.v1 import rights_pb2
+
+from .conftest import TENANT_ID, ref_of, set_consent
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+EMAIL = "grace.hopper@example.com"
+REF = ref_of(EMAIL)
+
+
+def _wire(message: rights_pb2.ErasureRequested | rights_pb2.AccessRequested) -> ReceivedEvent:
+    event_type = (
+        catalogue.ERASURE_REQUESTED
+        if isinstance(message, rights_pb2.ErasureRequested)
+        else catalogue.ACCESS_REQUESTED
+    )
+    record = encode(
+        Event(
+            type=event_type,
+            tenant_id=str(TENANT_ID),
+            subject_ref=REF,
+            message=message,
+            source="/consentry/consent",
+        )
+    )
+    return decode(record.key, record.value, record.headers)
+
+
+async def _subject_with_contact(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    await set_consent(db, REF, given=True)
+    joined = await client.patch(
+        f"/v1/subjects/{EMAIL}/preferences",
+        json={"changes": [{"topic": "product-news", "channel": "email", "subscribed": True}]},
+    )
+    assert joined.status_code == 200, joined.text
+    stored = await client.put(f"/v1/subjects/{EMAIL}/contact", json={"email": EMAIL})
+    assert stored.status_code == 204
+
+
+async def test_erasure_shreds_the_contact_and_keeps_the_subject_suppressed(
+    client: httpx.AsyncClient,
+    topics: list[str],
+    db: asyncpg.Connection,
+    app_dsn: str,
+    sealer: Sealer,
+) -> None:
+    await _subject_with_contact(client, db)
+    before = await db.fetchrow("SELECT * FROM subjects WHERE subject_ref = $1", REF)
+    assert before is not None
+    sealed_contact = bytes(before["contact_email_sealed"])
+    request_id = str(uuid.uuid4())
+    erasure = _wire(
+        rights_pb2.ErasureRequested(
+            tenant_id=str(TENANT_ID),
+            subject_ref=REF,
+            request_id=request_id,
+            kind=rights_pb2.REQUEST_KIND_ERASURE,
+        )
+    )
+    conn = await asyncpg.connect(app_dsn)  # as the worker: the app role, RLS applies
+    try:
+        async with conn.transaction():
+            await RightsHandler(sealer)(conn, erasure)
+    finally:
+        await conn.close()
+
+    for table in ("subjects", "preferences", "consent_copy"):
+        assert await db.fetchval(f"SELECT count(*) FROM {table} WHERE subject_ref = $1", REF) == 0
+    # The ciphertext a backup or a topic may still hold no longer opens: its data key is gone,
+    # and the tenant's key-encryption key alone does not open it.
+    keys = await load_keys(db, sealer, TENANT_ID)
+    assert keys is not None
+    with pytest.raises(SealingError):
+        contacts.open_contact(keys.kek, REF, sealed_contact)
+    # Nothing in the database holds the address any more, in any column.
+    for table in ("subjects", "preferences", "consent_copy", "eventing_outbox", "tenants"):
+        rows = await db.fetch(f"SELECT * FROM {table}")
+        assert EMAIL not in repr([dict(row) for row in rows])
+    suppression = await db.fetchrow(
+        "SELECT reason FROM list_suppressions WHERE subject_ref = $1", REF
+    )
+    assert suppression is not None
+    assert suppression["reason"] == "erased"
+
+    (completed,) = await outbox_events(db, catalogue.ERASURE_COMPLETED)
+    message = completed.message
+    assert isinstance(message, rights_pb2.ErasureCompleted)
+    assert (message.request_id, message.service) == (request_id, "preferences")
+    assert set(message.erased) >= {"preferences", "contact", "data-key", "subject"}
+    suppressed = await outbox_events(db, catalogue.LIST_MEMBER_SUPPRESSED)
+    reasons = [
+        s.message.reason
+        for s in suppressed
+        if isinstance(s.message, lists_pb2.ListMemberSuppressed)
+    ]
+    assert reasons == [lists_pb2.SUPPRESSION_REASON_ERASED]
+
+
+async def test_access_part_is_sealed_to_the_request_key(
+    client: httpx.AsyncClient,
+    topics: list[str],
+    db: asyncpg.Connection,
+    app_dsn: str,
+    sealer: Sealer,
+) -> None:
+    await _subject_with_contact(client, db)
+    private = X25519PrivateKey.generate()
+    public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    request_id = uuid.uuid4()
+    access = _wire(
+        rights_pb2.AccessRequested(
+            tenant_id=str(TENANT_ID),
+            subject_ref=REF,
+            request_id=str(request_id),
+            export_public_key=public,
+        )
+    )
+    conn = await asyncpg.connect(app_dsn)
+    try:
+        async with conn.transaction():
+            await RightsHandler(sealer)(conn, access)
+    finally:
+        await conn.close()
+    (ready,) = await outbox_events(db, catalogue.ACCESS_PART_READY)
+    message = ready.message
+    assert isinstance(message, rights_pb2.AccessPartReady)
+    assert EMAIL.encode() not in message.sealed_part  # on the topic only sealed
+    part = json.loads(
+        open_part(
+            private,
+            message.sealed_part,
+            tenant_id=TENANT_ID,
+            request_id=request_id,
+            service="preferences",
+        )
+    )
+    assert part["contact"] == {"email": EMAIL}
+    assert part["subject_ref"] == REF
+    news = [t for t in part["preferences"]["topics"] if t["topic"] == "product-news"]
+    assert news[0]["channels"]["email"] is True
+    with pytest.raises(ValueError, match="does not open"):
+        open_part(
+            X25519PrivateKey.generate(),
+            message.sealed_part,
+            tenant_id=TENANT_ID,
+            request_id=request_id,
+            service="preferences",
+        )
