@@ -1,0 +1,302 @@
+"""The notifier: a faust worker that turns erasure requests and consent withdrawals into
+deliveries (docs/adr/0010-subprocessor-notifier.md).
+
+One agent reads `consentry.rights.v1` (ErasureRequested) and `consentry.consent.v1`
+(ConsentWithdrawn) with raw serializers, in batches. Each batch is applied in ONE
+PostgreSQL transaction: per record a savepoint with the inbox claim and the effect (a
+notice, its deliveries and RecipientsSelected through the outbox). Records that cannot be
+decoded, or whose effect the database refuses as invalid, go to
+`consentry.dlq.subprocessor-notifier` with the reason in headers, before the commit; other
+event types on those topics are skipped. Only after the commit are the batch's events
+acknowledged to faust, whose offset commits therefore never pass an event whose effect is
+not durable: a crash re-reads it, and the inbox makes the repeat harmless. A transient
+error (database or broker away) retries the same batch. The sender runs in the same
+process (an asyncio task) and is woken after each commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+
+from consentry.eventing import catalogue, inbox, kafka, topics
+from consentry.eventing.consumer import TRANSIENT_ERRORS, dead_letter_headers
+from consentry.eventing.db import Connection, Pool, create_pool, set_tenant
+from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, decode
+from consentry.eventing.logs import get_logger
+from consentry.subprocessors.deliveries.models import Claimed
+from consentry.subprocessors.deliveries.service import (
+    NoticeOptions,
+    notice_erasure,
+    notice_withdrawal,
+)
+from consentry.subprocessors.notifier.faust_kafka import App
+from consentry.subprocessors.notifier.sender import Sender
+from consentry.subprocessors.settings import NotifierSettings
+
+log = get_logger(__name__)
+
+# The inbox consumer name and dead-letter topic (`consentry.dlq.subprocessor-notifier`).
+CONSUMER = "subprocessor-notifier"
+INPUT_TOPICS = (topics.RIGHTS, topics.CONSENT)
+Effect = Callable[[Connection, NoticeOptions, ReceivedEvent], Awaitable[list[Claimed]]]
+EFFECTS: dict[str, Effect] = {
+    catalogue.ERASURE_REQUESTED.name: notice_erasure,
+    catalogue.CONSENT_WITHDRAWN.name: notice_withdrawal,
+}
+
+
+def _record(message: Any) -> ConsumerRecord[bytes, bytes]:
+    """A faust message as the aiokafka record the dead-letter helper takes."""
+    headers = message.headers or ()
+    pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+    key, value = message.key, message.value
+    return ConsumerRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp=int((message.timestamp or 0) * 1000),
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key or b""),
+        serialized_value_size=len(value or b""),
+        headers=[(name, bytes(data)) for name, data in pairs if data is not None],
+    )
+
+
+class NoticeProcessor:
+    """Applies batches of records: effects and inbox claims in one transaction, poison to
+    the dead-letter topic, transient failures retried."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        producer: AIOKafkaProducer,
+        options: NoticeOptions,
+        *,
+        sender: Sender | None = None,
+        lease_seconds: float = 60.0,
+    ) -> None:
+        self._pool = pool
+        self._producer = producer
+        self._options = options
+        self._sender = sender
+        self._lease_seconds = lease_seconds
+        self.dead_letter_topic = topics.dead_letter_topic(CONSUMER)
+        self.applied = 0
+        self.skipped = 0
+        self.duplicates = 0
+        self.dead_lettered = 0
+        self.deliveries = 0
+
+    async def process(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]], stop: asyncio.Event
+    ) -> bool:
+        """Apply `records` (retrying transient failures); False when `stop` came first."""
+        backoff = 0.2
+        while not stop.is_set():
+            # New deliveries go straight to this process's sender (claimed in the same
+            # transaction) while it has room; otherwise any sender claims them when due.
+            handing_over = self._sender is not None and self._sender.has_room()
+            options = dataclasses.replace(
+                self._options, lease_seconds=self._lease_seconds if handing_over else None
+            )
+            try:
+                made = await self._apply(records, options)
+            except TRANSIENT_ERRORS as exc:
+                log.warning("notice batch failed; retrying", error=repr(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if self._sender is not None:
+                self._sender.hand_over(made if handing_over else [])
+            return True
+        return False
+
+    async def _apply(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]], options: NoticeOptions
+    ) -> list[Claimed]:
+        poison: list[tuple[ConsumerRecord[bytes, bytes], PoisonMessage]] = []
+        made: list[Claimed] = []
+        counts = {"applied": 0, "skipped": 0, "duplicates": 0, "deliveries": 0}
+        async with self._pool.acquire() as conn, conn.transaction():
+            for record in records:
+                try:
+                    event = decode(record.key, record.value, list(record.headers))
+                except PoisonMessage as error:
+                    poison.append((record, error))
+                    continue
+                effect = EFFECTS.get(event.type.name)
+                if effect is None:
+                    counts["skipped"] += 1
+                    continue
+                try:
+                    async with conn.transaction():  # savepoint: one record's claim + effect
+                        if not await inbox.claim(conn, CONSUMER, event.id):
+                            counts["duplicates"] += 1
+                            continue
+                        await set_tenant(conn, UUID(event.tenant_id))
+                        new = await effect(conn, options, event)
+                        made.extend(new)
+                        counts["deliveries"] += len(new)
+                        counts["applied"] += 1
+                except PoisonMessage as error:
+                    poison.append((record, error))
+                except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as error:
+                    # Deterministic: the same record would fail the same way on every retry.
+                    poison.append(
+                        (record, PoisonMessage("rejected-by-database", type(error).__name__))
+                    )
+            # Dead letters are acknowledged before the effects commit: a crash in between
+            # re-sends a dead letter (harmless) rather than losing one.
+            for rejected, reason in poison:
+                await self._dead_letter(rejected, reason)
+        self.applied += counts["applied"]
+        self.skipped += counts["skipped"]
+        self.duplicates += counts["duplicates"]
+        self.deliveries += counts["deliveries"]
+        return made
+
+    async def _dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], error: PoisonMessage
+    ) -> None:
+        log.warning(
+            "poison message dead-lettered",
+            consumer=CONSUMER,
+            reason=error.reason,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        await self._producer.send_and_wait(
+            self.dead_letter_topic,
+            value=record.value,
+            key=record.key,
+            headers=dead_letter_headers(record, CONSUMER, error),
+        )
+        self.dead_lettered += 1
+
+
+def build_app(
+    settings: NotifierSettings,
+    processor: NoticeProcessor,
+    stop: asyncio.Event,
+    datadir: str,
+    failures: list[BaseException],
+) -> App:
+    """The faust app: one agent over the input topics, batches acknowledged after commit.
+
+    A bug (an unexpected exception) is recorded in `failures` and stops the worker loudly
+    instead of letting faust restart the agent past an unacknowledged batch."""
+    session = settings.notifier_session_timeout
+    app = App(
+        settings.notifier_group_id,
+        broker=[
+            f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")
+        ],
+        store="memory://",
+        web_enabled=False,
+        autodiscover=False,
+        datadir=datadir,
+        # Topics are created by the dev stack / deployment, never by the worker, and there
+        # is no table: no leader topic, no changelog.
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        # Stopping does not wait for buffered events: unacknowledged, they are read again.
+        stream_wait_empty=False,
+        broker_client_id=f"{settings.kafka_client_id}-notifier",
+        broker_commit_interval=settings.notifier_commit_interval,
+        broker_session_timeout=session,
+        broker_rebalance_timeout=session,
+        broker_heartbeat_interval=min(3.0, session / 3),
+        broker_request_timeout=max(settings.kafka_request_timeout_ms / 1000, session + 5),
+        producer_acks=-1,
+    )
+    app.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
+    source = app.topic(
+        *INPUT_TOPICS,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    async def notify(stream: Any) -> None:
+        # noack_take: faust acknowledges nothing by itself; we ack after the commit.
+        async for events in stream.noack_take(
+            settings.notifier_batch_max, within=settings.notifier_batch_within
+        ):
+            records = [_record(event.message) for event in events]
+            try:
+                applied = await processor.process(records, stop)
+            except Exception as exc:
+                log.exception("notifier batch failed unexpectedly; stopping")
+                failures.append(exc)
+                stop.set()
+                applied = False
+            if not applied:
+                await asyncio.Future()  # stopping: leave the batch unacknowledged
+            for event in events:
+                await stream.ack(event)
+
+    app.agent(source, name="notifier", concurrency=1)(notify)
+    return app
+
+
+async def run_notifier(settings: NotifierSettings, stop: asyncio.Event) -> None:
+    """The `notifier` command: make deliveries from events (and, unless
+    `notifier_sender` is off, post them) until `stop` is set."""
+    pool = await create_pool(settings, stateless=True)
+    producer = kafka.producer(settings, "-notifier-dlq")
+    datadir = tempfile.mkdtemp(prefix="consentry-notifier-")
+    sender = Sender(pool, settings) if settings.notifier_sender else None
+    processor = NoticeProcessor(
+        pool,
+        producer,
+        NoticeOptions(ack_url=settings.ack_url, window_seconds=settings.retry_window_seconds),
+        sender=sender,
+        lease_seconds=settings.lease_seconds,
+    )
+    failures: list[BaseException] = []
+    app = build_app(settings, processor, stop, datadir, failures)
+    sending: asyncio.Task[None] | None = None
+
+    def sender_ended(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("sender failed; stopping", error=repr(task.exception()))
+            failures.append(task.exception() or RuntimeError("sender failed"))
+            stop.set()
+
+    await producer.start()
+    try:
+        if sender is not None:
+            sending = asyncio.create_task(sender.run(stop))
+            sending.add_done_callback(sender_ended)
+        await app.start()
+        try:
+            await stop.wait()
+        finally:
+            await app.stop()
+    finally:
+        stop.set()
+        if sending is not None:
+            with contextlib.suppress(Exception):  # already recorded in `failures`
+                await sending
+        await producer.stop()
+        await pool.close()
+        shutil.rmtree(datadir, ignore_errors=True)
+    if failures:
+        raise RuntimeError("the notifier stopped after a failure") from failures[0]

@@ -1,0 +1,181 @@
+"""Settings of the subprocessors service's processes (environment, `CONSENTRY_` prefix)."""
+
+from __future__ import annotations
+
+import base64
+from uuid import UUID
+
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationInfo, field_validator, model_validator
+
+from consentry.eventing.sealing import Sealer, parse_key
+from consentry.eventing.settings import (
+    ConsentrySettings,
+    DatabaseSettings,
+    Environment,
+    KafkaSettings,
+)
+from consentry.httpapi.server import refuse_weak_dev_key
+from consentry.httpapi.service import ServiceHttpSettings
+
+# Well-known, for development and tests only (refused elsewhere).
+DEV_SUBPROCESSORS_MASTER_KEY = "ZGV2LW9ubHktc3VicHJvY2Vzc29ycy1tYXN0ZXItayE="
+DEV_TENANT_ID = UUID("00000000-0000-4000-8000-000000000001")
+# Standard Webhooks' own tolerance (the `standardwebhooks` library refuses anything older).
+MAX_TIMESTAMP_TOLERANCE_SECONDS = 300
+
+
+class SubprocessorsKeySettings(ConsentrySettings):
+    """The master key that seals the recipients' webhook signing secrets."""
+
+    subprocessors_master_key: SecretStr = Field(
+        default=SecretStr(DEV_SUBPROCESSORS_MASTER_KEY),
+        description="32 random bytes, base64; seals the recipients' signing secrets",
+    )
+
+    @field_validator("subprocessors_master_key")
+    @classmethod
+    def _check_master_key(cls, key: SecretStr, info: ValidationInfo) -> SecretStr:
+        # A field validator (not a model validator), so the error names the variable.
+        parse_key(
+            key.get_secret_value(),
+            name="subprocessors_master_key",
+            environment=info.data.get("environment", Environment.PRODUCTION),
+            dev_value=DEV_SUBPROCESSORS_MASTER_KEY,
+        )
+        return key
+
+    def sealer(self) -> Sealer:
+        """A sealer with the master key."""
+        return Sealer(base64.b64decode(self.subprocessors_master_key.get_secret_value()))
+
+    @property
+    def loopback_http_allowed(self) -> bool:
+        """Plain-http webhook URLs on loopback are accepted in development and test only."""
+        return self.environment in (Environment.DEVELOPMENT, Environment.TEST)
+
+
+class ApiSettings(ServiceHttpSettings, SubprocessorsKeySettings):
+    """The subprocessors HTTP API (the registry, delivery reports and the acknowledgement
+    callback)."""
+
+    dev_api_key: SecretStr | None = Field(
+        default=None,
+        description="a development key with every scope for the dev tenant; unset (the "
+        "default) accepts only API keys announced by the consent service",
+    )
+    dev_tenant_id: UUID = Field(default=DEV_TENANT_ID, description="the dev key's tenant")
+    api_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="how long a resolved API key is trusted without asking the database",
+    )
+    secret_rotation_grace_seconds: float = Field(
+        default=24 * 3600.0,
+        ge=0,
+        le=30 * 24 * 3600.0,
+        description="after a rotation, how long notices are also signed with the previous "
+        "secret and acknowledgements signed with it are accepted",
+    )
+    ack_tolerance_seconds: int = Field(
+        default=MAX_TIMESTAMP_TOLERANCE_SECONDS,
+        ge=1,
+        le=MAX_TIMESTAMP_TOLERANCE_SECONDS,
+        description="how far an acknowledgement's webhook-timestamp may be from now",
+    )
+
+    @model_validator(mode="after")
+    def _refuse_weak_dev_key_outside_development(self) -> ApiSettings:
+        refuse_weak_dev_key(self.dev_api_key, self.environment)
+        return self
+
+
+class SenderSettings(DatabaseSettings, SubprocessorsKeySettings):
+    """The sender: posts due deliveries to the recipients, retries, dead-letters."""
+
+    public_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl("http://127.0.0.1:8000"),
+        description="the base URL recipients reach this service's API at; the notices' "
+        "`ack_url` is <public_url>/v1/acknowledgements",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="the whole of one attempt (connect to answer)"
+    )
+    retry_base_seconds: float = Field(
+        default=5.0, gt=0, description="backoff before the 2nd attempt (full jitter, doubling)"
+    )
+    retry_cap_seconds: float = Field(
+        default=3600.0, gt=0, description="the longest wait between two attempts"
+    )
+    retry_window_seconds: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="how long a notice is retried (and an acknowledgement awaited) before it "
+        "is dead-lettered and flagged",
+    )
+    ack_resend_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="a notice delivered but not acknowledged is sent again (same webhook-id) "
+        "after this long, until acknowledged or the retry window ends",
+    )
+    ack_tolerance_seconds: int = Field(
+        default=MAX_TIMESTAMP_TOLERANCE_SECONDS,
+        ge=1,
+        le=MAX_TIMESTAMP_TOLERANCE_SECONDS,
+        description="how far a signed 2xx answer's webhook-timestamp may be from now",
+    )
+    sender_concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="webhooks in flight at once (httpx's connection pool costs CPU per "
+        "request in proportion to its connections: raise it for many slow recipients only)",
+    )
+    sender_poll_seconds: float = Field(
+        default=0.5, gt=0, le=60, description="how often due retries are looked for"
+    )
+    max_response_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="most of a recipient's answer that is read"
+    )
+
+    @property
+    def ack_url(self) -> str:
+        """Where recipients acknowledge."""
+        return str(self.public_url).rstrip("/") + "/v1/acknowledgements"
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claimed delivery is not claimed again: its attempt and the recording
+        of the outcome fit in it; a crashed sender's claims lapse after it."""
+        return self.webhook_timeout_seconds * 1.5 + 5.0
+
+
+class NotifierSettings(SenderSettings, KafkaSettings):
+    """The notifier (a faust worker): turns erasure requests and consent withdrawals into
+    deliveries; runs the sender in the same process unless `notifier_sender` is off."""
+
+    notifier_group_id: str = Field(
+        default="subprocessor-notifier",
+        pattern=r"^[a-z][a-z0-9-]{0,62}$",
+        description="the faust app id (consumer group) and inbox consumer name",
+    )
+    notifier_sender: bool = Field(
+        default=True, description="run the sender in the notifier process too"
+    )
+    notifier_batch_max: int = Field(
+        default=500, ge=1, le=10_000, description="most events applied in one transaction"
+    )
+    notifier_batch_within: float = Field(
+        default=0.02, gt=0, le=5, description="s to wait for a batch to fill"
+    )
+    notifier_commit_interval: float = Field(
+        default=1.0, gt=0, le=60, description="how often acknowledged offsets are committed"
+    )
+    notifier_session_timeout: float = Field(
+        default=10.0,
+        ge=1,
+        le=300,
+        description="consumer group session timeout (the development broker holds a group "
+        "join for half of it)",
+    )
