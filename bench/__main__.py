@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import preferences_lists, subprocessor_webhooks
 from bench.audit import BenchError
 from bench.rawhttp import ProtocolError
 from bench.run import Options, progress, run
@@ -67,6 +68,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         help="backlog of the audit appender throughput scenario",
     )
     _add_consent_api_arguments(parser, defaults)
+    _add_lists_arguments(parser)
     parser.add_argument("--results-dir", type=Path, default=defaults.results_dir)
     parser.add_argument("--keep-logs", action="store_true", help="keep the service logs")
     args = parser.parse_args(argv)
@@ -169,7 +171,52 @@ def _consent_api_options(
     }
 
 
-async def _main(opts: Options) -> int:
+def _add_lists_arguments(parser: argparse.ArgumentParser) -> None:
+    """The marketing-list scenarios (bench.preferences_lists, issue 5), run last."""
+    group = parser.add_argument_group("marketing lists (issue 5's targets)")
+    group.add_argument(
+        "--skip-preferences-lists", action="store_true", help="skip bench.preferences_lists"
+    )
+    group.add_argument(
+        "--lists-quick", action="store_true", help="its short form (10 s of unsubscribes)"
+    )
+    parser.add_argument(
+        "--skip-subprocessor-webhooks",
+        action="store_true",
+        help="skip bench.subprocessor_webhooks (issue 6: erasure → verified webhooks)",
+    )
+
+
+def lists_options(argv: Sequence[str] | None, opts: Options) -> preferences_lists.Options | None:
+    """What to run of bench.preferences_lists (None: skip it)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_lists_arguments(parser)
+    args, _ = parser.parse_known_args(argv)
+    if args.skip_preferences_lists:
+        return None
+    quick = ["--quick"] if args.lists_quick else []
+    return preferences_lists.parse(
+        [*quick, "--results-dir", str(opts.results_dir), *(["--keep-logs"] * opts.keep_logs)]
+    )
+
+
+def webhooks_options(
+    argv: Sequence[str] | None, opts: Options
+) -> subprocessor_webhooks.Options | None:
+    """What to run of bench.subprocessor_webhooks (None: skip it)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_lists_arguments(parser)
+    args, _ = parser.parse_known_args(argv)
+    if args.skip_subprocessor_webhooks:
+        return None
+    return subprocessor_webhooks.Options(results_dir=opts.results_dir)
+
+
+async def _main(
+    opts: Options,
+    lists: preferences_lists.Options | None = None,
+    webhooks: subprocessor_webhooks.Options | None = None,
+) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -187,6 +234,16 @@ async def _main(opts: Options) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         await run(opts)
+        if lists is not None:
+            progress("marketing lists: unsubscribe → suppressed, filter (bench.preferences_lists)")
+            results = await preferences_lists.run(lists)
+            with (opts.results_dir / "latest.md").open("a") as latest:
+                latest.write("\n" + preferences_lists.markdown(results, level=2))
+        if webhooks is not None:
+            progress("erasure → verified webhooks (bench.subprocessor_webhooks)")
+            results = await subprocessor_webhooks.run(webhooks)
+            with (opts.results_dir / "latest.md").open("a") as latest:
+                latest.write("\n" + subprocessor_webhooks.markdown(results, level=2))
     except asyncio.CancelledError:
         if not received:
             raise
@@ -199,7 +256,8 @@ async def _main(opts: Options) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; return the exit code."""
-    return asyncio.run(_main(parse(argv)))
+    opts = parse(argv)
+    return asyncio.run(_main(opts, lists_options(argv, opts), webhooks_options(argv, opts)))
 
 
 if __name__ == "__main__":

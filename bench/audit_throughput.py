@@ -290,7 +290,9 @@ async def _verify(dsn: str) -> list[str]:
 
 async def measure(opts: Options) -> dict[str, Any]:
     """Start PostgreSQL and the broker, fill the topic, run the appender; every figure."""
-    settings = DevStackSettings(consent_port=0, audit_port=0)  # CONSENTRY_* URLs honoured
+    settings = DevStackSettings(  # CONSENTRY_* URLs honoured
+        consent_port=0, audit_port=0, preferences_port=0, subprocessors_port=0
+    )
     names = {"audit": f"bench_{secrets.token_hex(3)}_audit"} if settings.database_url else {}
     (audit,) = [s for s in SERVICES if s.name == "audit"]
     service = dataclasses.replace(audit, topics=(*audit.topics, topics.CONSENT), processes=())

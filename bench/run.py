@@ -91,7 +91,9 @@ def _endpoint(url: str) -> scenarios.Endpoint:
 async def run(opts: Options) -> dict[str, Any]:
     """Run every scenario against a fresh stack; return the results (also written to disk)."""
     run_id = secrets.token_hex(3)
-    settings = DevStackSettings(consent_port=0, audit_port=0)  # CONSENTRY_* URLs honoured
+    settings = DevStackSettings(  # CONSENTRY_* URLs honoured
+        consent_port=0, audit_port=0, preferences_port=0, subprocessors_port=0
+    )
     names: dict[str, str] = {}
     env: dict[str, str] = {"CONSENTRY_HTTP_WORKERS": str(opts.api_workers)}
     services: list[Service] = list(SERVICES)

@@ -12,12 +12,16 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
+import pytest
 import pytest_asyncio
 
 from consentry.consent.purposes.models import DEFAULT_PURPOSES
+from consentry.devstack.broker import EmbeddedBroker
 from consentry.devstack.postgres import drop_database, with_user
 from consentry.devstack.services import DEV_API_KEY, SERVICES, Service, child_env
 from consentry.devstack.stack import DevStack, DevStackSettings
@@ -38,15 +42,38 @@ def _supervised() -> list[Service]:
     ]
 
 
+@pytest.fixture(scope="package")
+def log_dir() -> Iterator[Path]:
+    """Where every process of the stack writes its output (`<service>.<process>.log`; the
+    workers the tests run themselves too): tests search it for personal data."""
+    with tempfile.TemporaryDirectory(prefix="consentry-e2e-logs-") as directory:
+        yield Path(directory)
+
+
+@pytest.fixture(scope="package")
+def e2e_bootstrap() -> Iterator[str]:
+    """A broker of the stack's own: a fresh embedded Tansu (the configured broker when
+    `CONSENTRY_KAFKA_BOOTSTRAP_SERVERS` is set). The session's broker carries the other tests'
+    events on the same topics, which the stack's consumers (the audit appender reads from the
+    earliest offset) would otherwise work through first."""
+    configured = os.environ.get("CONSENTRY_KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap
+
+
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
-async def stack(pg_server_dsn: str, kafka_bootstrap: str) -> AsyncIterator[DevStack]:
+async def stack(pg_server_dsn: str, e2e_bootstrap: str, log_dir: Path) -> AsyncIterator[DevStack]:
     suffix = secrets.token_hex(4)
-    names = {"consent": f"ct_{suffix}_e2e_consent", "audit": f"ct_{suffix}_e2e_audit"}
-    settings = DevStackSettings(
-        database_url=pg_server_dsn,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        consent_port=0,
-        audit_port=0,
+    names = {service.name: f"ct_{suffix}_e2e_{service.name}" for service in SERVICES}
+    settings = DevStackSettings.model_validate(
+        {
+            "database_url": pg_server_dsn,
+            "kafka_bootstrap_servers": e2e_bootstrap,
+            **{f"{service.name}_port": 0 for service in SERVICES},  # free ports
+        }
     )
     # Checkpoint quickly: the children inherit this process's environment.
     previous = os.environ.get("CONSENTRY_AUDIT_CHECKPOINT_INTERVAL_SECONDS")
@@ -54,7 +81,11 @@ async def stack(pg_server_dsn: str, kafka_bootstrap: str) -> AsyncIterator[DevSt
     try:
         # app_roles: the audit processes run with the restricted role even on a real server.
         async with DevStack(
-            settings, services=_supervised(), database_names=names, app_roles=True
+            settings,
+            services=_supervised(),
+            database_names=names,
+            app_roles=True,
+            log_dir=log_dir,
         ) as stack:
             yield stack
     finally:
@@ -69,8 +100,11 @@ async def stack(pg_server_dsn: str, kafka_bootstrap: str) -> AsyncIterator[DevSt
 class Worker:
     """A service's worker as a real process the test can kill -9 and restart."""
 
-    def __init__(self, service: str, command: str, database_dsn: str, bootstrap: str) -> None:
+    def __init__(
+        self, service: str, command: str, database_dsn: str, bootstrap: str, log_dir: Path
+    ) -> None:
         self._argv = [sys.executable, "-m", f"consentry.{service}", command]
+        self._log = log_dir / f"{service}.{command}.log"
         self._env = {
             **os.environ,
             **child_env(
@@ -81,7 +115,10 @@ class Worker:
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(*self._argv, env=self._env)
+        with self._log.open("ab") as log:  # the child keeps its own descriptor
+            self.process = await asyncio.create_subprocess_exec(
+                *self._argv, env=self._env, stdout=log, stderr=asyncio.subprocess.STDOUT
+            )
 
     async def kill(self, sig: int = signal.SIGKILL) -> int:
         assert self.process is not None
@@ -92,10 +129,10 @@ class Worker:
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
-async def appender(stack: DevStack) -> AsyncIterator[Worker]:
+async def appender(stack: DevStack, log_dir: Path) -> AsyncIterator[Worker]:
     """The audit appender, logged in with the append-only role like the supervised processes."""
     dsn = with_user(stack.database_dsn("audit"), "consentry_audit_app")
-    worker = Worker("audit", "appender", dsn, stack.bootstrap)
+    worker = Worker("audit", "appender", dsn, stack.bootstrap, log_dir)
     await worker.start()
     yield worker
     if worker.process is not None:
@@ -103,9 +140,9 @@ async def appender(stack: DevStack) -> AsyncIterator[Worker]:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def relay(stack: DevStack, appender: Worker) -> AsyncIterator[Worker]:
+async def relay(stack: DevStack, appender: Worker, log_dir: Path) -> AsyncIterator[Worker]:
     """The consent relay (and, through its fixture, the audit appender) running."""
-    relay = Worker("consent", "relay", stack.database_dsn("consent"), stack.bootstrap)
+    relay = Worker("consent", "relay", stack.database_dsn("consent"), stack.bootstrap, log_dir)
     await relay.start()
     yield relay
     if relay.process is not None:

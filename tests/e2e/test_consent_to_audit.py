@@ -249,14 +249,23 @@ async def test_tampering_with_one_entry_is_reported_at_that_entry(
     seq = entry["seq"]
     conn = await asyncpg.connect(stack.database_dsn("audit"))
     try:
-        original = await conn.fetchval("SELECT entry FROM audit_entries WHERE seq = $1", seq)
+        # seq counts per tenant: name the dev tenant's entry (other tenants may have a chain)
+        tenant = uuid.UUID(DEV_TENANT_ID)
+        original = await conn.fetchval(
+            "SELECT entry FROM audit_entries WHERE tenant_id = $1 AND seq = $2", tenant, seq
+        )
 
         async def overwrite(value: bytes) -> None:
             async with conn.transaction():  # only the database owner can bypass the triggers
                 await conn.execute(
                     "ALTER TABLE audit_entries DISABLE TRIGGER audit_entries_no_update_delete"
                 )
-                await conn.execute("UPDATE audit_entries SET entry = $1 WHERE seq = $2", value, seq)
+                await conn.execute(
+                    "UPDATE audit_entries SET entry = $1 WHERE tenant_id = $2 AND seq = $3",
+                    value,
+                    tenant,
+                    seq,
+                )
                 await conn.execute(
                     "ALTER TABLE audit_entries ENABLE ALWAYS TRIGGER audit_entries_no_update_delete"
                 )

@@ -45,13 +45,14 @@ async def test_readme_quick_start_works_as_written(
     ports = {
         "http://127.0.0.1:8001": stack.api_url("consent"),
         "http://127.0.0.1:8002": stack.api_url("audit"),
+        "http://127.0.0.1:8003": stack.api_url("preferences"),
     }
     commands = []
     for documented in readme_curl_commands():
         for default, actual in ports.items():
             documented = documented.replace(default, actual)  # noqa: PLW2901
         commands.append(documented)
-    publish, give, read, check, verify, entries = commands
+    publish, give, read, check, verify, entries, *preferences = commands
     # The stack's dev policy fixture published the same version first (so the other tests
     # may run in any order): the README's publish answers that it exists.
     published = json.loads(await run(publish))
@@ -75,3 +76,24 @@ async def test_readme_quick_start_works_as_written(
     # (the dev policy's own event may land in the chain just before it)
     assert listed["subject_ref"] in [entry["subject_ref"] for entry in page["entries"]]
     assert len(json.loads(await run(entries))["entries"]) == min(10, report["entries"])
+
+    # "Preferences and one-click unsubscribe": the topic, the marketing consent, joining
+    # (409 until the consent has reached the preferences service), the link, one click.
+    topic, marketing, join, link, click, read_preferences = preferences
+    async with asyncio.timeout(60):  # the tenant reaches the preferences service first
+        while "tenant-not-provisioned" in (created := await run(topic)):
+            await asyncio.sleep(0.2)
+    assert json.loads(created)["category"] == "marketing"
+    assert json.loads(await run(marketing))["status"] == "given"
+    async with asyncio.timeout(30):
+        while "marketing-consent-required" in (joined := await run(join)):
+            await asyncio.sleep(0.2)
+    joined_news = [t for t in json.loads(joined)["topics"] if t["topic"] == "product-news"]
+    assert joined_news[0]["channels"] == {"email": True}
+    headers = json.loads(await run(link))["headers"]
+    assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert headers["List-Unsubscribe"].startswith(f"<{stack.api_url('preferences')}/u/")
+    assert "unsubscribed" in (await run(click)).lower()
+    after = json.loads(await run(read_preferences))
+    news = [t for t in after["topics"] if t["topic"] == "product-news"]
+    assert news[0]["channels"] == {"email": False}
