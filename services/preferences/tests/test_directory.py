@@ -306,35 +306,39 @@ async def test_poison_is_dead_lettered_and_the_follower_keeps_going(
     last_id, last = new_key()
     at = datetime(2026, 11, 4, tzinfo=UTC)
     wrong_directory_key = Sealer(secrets.token_bytes(32))
+    # `other`'s key first, and applied, before `mine` claims it: the two tenants' events travel
+    # on different partitions, in no order relative to each other.
     await produce(
-        kafka_bootstrap,
-        [
-            provisioned(mine, subject_key),
-            issued(other, foreign, ["admin"], at=at),
-            # Wrapped under another directory key: does not open.
-            provisioned(fake, subject_key, wrapper=wrong_directory_key),
-            # Another tenant's wrapped key copied into this tenant's event: does not open.
-            provisioned(fake, subject_key, context_of=other),
-            # The key id belongs to `other`: refused for `mine`, issued or revoked.
-            issued(mine, foreign, ["admin"], at=at),
-            revoked(mine, foreign_id, at=at),
-            # The same tenant, a different subject key: an operator must decide.
-            provisioned(mine, secrets.token_bytes(32), name="Changed"),
-            issued(mine, last, ["admin"], at=at),  # after all that: still applied
-        ],
+        kafka_bootstrap, [provisioned(mine, subject_key), issued(other, foreign, ["admin"], at=at)]
     )
-    async with AIOKafkaProducer(bootstrap_servers=kafka_bootstrap) as producer:
-        await producer.send_and_wait(  # not a CloudEvent at all
-            topics.TENANT,
-            b"\x00garbage",
-            key=f"{mine}/tenant".encode(),
-            headers=[("ce_type", catalogue.TENANT_PROVISIONED.name.encode())],
-        )
 
     def ours(record: Record) -> bool:
         return (record.key or b"").split(b"/")[0].decode() in {str(mine), str(fake)}
 
     async with follower(settings):
+        await eventually(lambda: _exists(db, foreign_id))
+        await produce(
+            kafka_bootstrap,
+            [
+                # Wrapped under another directory key: does not open.
+                provisioned(fake, subject_key, wrapper=wrong_directory_key),
+                # Another tenant's wrapped key copied into this tenant's event: does not open.
+                provisioned(fake, subject_key, context_of=other),
+                # The key id belongs to `other`: refused for `mine`, issued or revoked.
+                issued(mine, foreign, ["admin"], at=at),
+                revoked(mine, foreign_id, at=at),
+                # The same tenant, a different subject key: an operator must decide.
+                provisioned(mine, secrets.token_bytes(32), name="Changed"),
+                issued(mine, last, ["admin"], at=at),  # after all that: still applied
+            ],
+        )
+        async with AIOKafkaProducer(bootstrap_servers=kafka_bootstrap) as producer:
+            await producer.send_and_wait(  # not a CloudEvent at all
+                topics.TENANT,
+                b"\x00garbage",
+                key=f"{mine}/tenant".encode(),
+                headers=[("ce_type", catalogue.TENANT_PROVISIONED.name.encode())],
+            )
         dead = await collect(
             kafka_bootstrap,
             topics.dead_letter_topic(settings.directory_group_id),
