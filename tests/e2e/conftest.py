@@ -21,8 +21,9 @@ import pytest
 import pytest_asyncio
 
 from consentry.consent.purposes.models import DEFAULT_PURPOSES
-from consentry.devstack.broker import EmbeddedBroker
+from consentry.devstack.broker import TANSU_CLIENT_ENV, EmbeddedBroker
 from consentry.devstack.postgres import drop_database, with_user
+from consentry.devstack.pytest_plugin import environment_defaults
 from consentry.devstack.services import DEV_API_KEY, SERVICES, Service, child_env
 from consentry.devstack.stack import DevStack, DevStackSettings
 
@@ -60,7 +61,7 @@ def e2e_bootstrap() -> Iterator[str]:
     if configured:
         yield configured
         return
-    with EmbeddedBroker() as broker:
+    with EmbeddedBroker() as broker, environment_defaults(TANSU_CLIENT_ENV):
         yield broker.bootstrap
 
 

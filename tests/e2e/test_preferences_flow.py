@@ -130,10 +130,10 @@ async def test_withdrawing_marketing_consent_in_the_consent_service_suppresses(
 async def _everything_on(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record on `topic`, read from the earliest offset until 2 s bring nothing new
     (the development broker's end offsets cannot be trusted, ADR 0002)."""
-    consumer = AIOKafkaConsumer(
+    consumer = AIOKafkaConsumer(  # no group: every partition, no join to wait for
         topic,
         bootstrap_servers=bootstrap,
-        group_id=f"e2e-scan-{secrets.token_hex(4)}",
+        group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
@@ -188,6 +188,7 @@ async def test_an_erased_address_cannot_be_recovered_from_any_table_topic_or_log
     log_dir: Path,
     consent_api: httpx.AsyncClient,
     preferences_api: httpx.AsyncClient,
+    audit_api: httpx.AsyncClient,
 ) -> None:
     email = f"planted-{secrets.token_hex(6)}@example.com"
     await _consent(consent_api, email, "given")
@@ -219,8 +220,11 @@ async def test_an_erased_address_cannot_be_recovered_from_any_table_topic_or_log
         holding += await _tables_holding(stack.database_dsn(service.name), email)
     assert holding == []
     # No record on any topic carries it, in its value, key or headers.
-    for topic in sorted({t for service in SERVICES for t in service.topics}):
-        for record in await _everything_on(stack.bootstrap, topic):
+    every_topic = sorted({t for service in SERVICES for t in service.topics})
+    scans = await asyncio.gather(*(_everything_on(stack.bootstrap, t) for t in every_topic))
+    assert sum(map(len, scans)) > 0, "the scan read nothing: it would prove nothing"
+    for topic, records in zip(every_topic, scans, strict=True):
+        for record in records:
             raw = b"".join(
                 [record.value or b"", record.key or b""]
                 + [bytes(value or b"") for _, value in record.headers or ()]
@@ -228,3 +232,33 @@ async def test_an_erased_address_cannot_be_recovered_from_any_table_topic_or_log
             assert email.encode() not in raw.lower(), f"{topic} holds the address"
     # No process wrote it to its log.
     assert await asyncio.to_thread(_logs_holding, log_dir, email) == []
+    # The audit chain kept the subject's history (by reference) with the erasure itself, and
+    # still verifies: erasure shreds keys, it never edits the log.
+    wanted = {
+        "consentry.consent.given.v1",
+        "consentry.rights.erasure_requested.v1",
+        "consentry.rights.erasure_completed.v1",
+    }
+    async with asyncio.timeout(30):
+        while not wanted <= (kinds := await _audited_kinds(audit_api, ref)):
+            await asyncio.sleep(0.2)
+    assert wanted <= kinds
+    report = (await audit_api.get("/v1/audit/verify")).json()
+    assert report["ok"] is True, report
+    assert report["broken"] is None
+
+
+async def _audited_kinds(api: httpx.AsyncClient, ref: str) -> set[str]:
+    """The event types of the audit entries about the subject `ref`."""
+    kinds: set[str] = set()
+    after = 0
+    while True:
+        response = await api.get(
+            "/v1/audit/entries", params={"after_seq": after, "limit": 1000, "subject_ref": ref}
+        )
+        assert response.status_code == 200, response.text
+        page = response.json()
+        kinds.update(str(entry["event_type"]) for entry in page["entries"])
+        if page["next_after_seq"] is None:
+            return kinds
+        after = page["next_after_seq"]

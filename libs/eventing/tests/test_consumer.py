@@ -7,12 +7,13 @@ import uuid
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
-from consentry.eventing import topics
+from consentry.eventing import kafka, topics
 from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection
 from consentry.eventing.envelope import ReceivedEvent, encode
+from consentry.eventing.settings import KafkaSettings
 from consentry.eventing.testing import collect, consent_event, header
 
 from .conftest import TEST_CONSUMER
@@ -34,12 +35,8 @@ async def record_effect(conn: Connection, event: ReceivedEvent) -> None:
 
 
 async def run_consumer(bootstrap: str, pool: asyncpg.Pool, group: str, until: int) -> EventConsumer:
-    kafka_consumer = AIOKafkaConsumer(
-        topics.CONSENT,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
+    kafka_consumer = kafka.consumer(  # as the services make them
+        KafkaSettings(kafka_bootstrap_servers=bootstrap), group, topics.CONSENT
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await kafka_consumer.start()

@@ -9,12 +9,13 @@ from collections.abc import Sequence
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
-from consentry.eventing import topics
+from consentry.eventing import kafka, topics
 from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection
 from consentry.eventing.envelope import Event, ReceivedEvent, encode
+from consentry.eventing.settings import KafkaSettings
 from consentry.eventing.testing import collect, consent_event, header
 
 from .conftest import TEST_CONSUMER
@@ -78,12 +79,8 @@ async def consume(
     bootstrap: str, pool: asyncpg.Pool, group: str, effects: Effects, subject: str, until: int
 ) -> EventConsumer:
     """Run a batch-handling consumer until `until` effects of `subject` exist."""
-    kafka_consumer = AIOKafkaConsumer(
-        topics.CONSENT,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
+    kafka_consumer = kafka.consumer(  # as the services make them
+        KafkaSettings(kafka_bootstrap_servers=bootstrap), group, topics.CONSENT
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await kafka_consumer.start()

@@ -74,6 +74,13 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+# Client settings for the embedded broker. Tansu holds every consumer group join for half the
+# session timeout (aiokafka's default 10 s: 5 s per join, per restart of a member), so clients
+# of the embedded broker use a shorter session. Only for it: Apache Kafka refuses sessions
+# below group.min.session.timeout.ms (6 s by default).
+TANSU_CLIENT_ENV = {"CONSENTRY_KAFKA_SESSION_TIMEOUT_MS": "3000"}
+
+
 class EmbeddedBroker(ChildServer):
     """A Tansu broker with memory storage on a free loopback port, as a child process of ours."""
 

@@ -7,6 +7,7 @@ start on first use: embedded ones unless `CONSENTRY_DATABASE_URL` /
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -41,10 +42,23 @@ def kafka_bootstrap() -> Iterator[str]:
     if configured:
         yield configured
         return
-    from consentry.devstack.broker import EmbeddedBroker
+    from consentry.devstack.broker import TANSU_CLIENT_ENV, EmbeddedBroker
 
-    with EmbeddedBroker() as broker:
+    with EmbeddedBroker() as broker, environment_defaults(TANSU_CLIENT_ENV):
         yield broker.bootstrap
+
+
+@contextlib.contextmanager
+def environment_defaults(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables not set already (settings built in the tests and the
+    processes they start read them); restore the environment afterwards."""
+    added = {name: value for name, value in values.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

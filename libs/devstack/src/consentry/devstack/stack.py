@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,13 @@ from aiokafka.errors import KafkaError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from consentry.devstack.broker import BrokerError, EmbeddedBroker, TopicSpec, create_topics
+from consentry.devstack.broker import (
+    TANSU_CLIENT_ENV,
+    BrokerError,
+    EmbeddedBroker,
+    TopicSpec,
+    create_topics,
+)
 from consentry.devstack.pgdata import PostgresError
 from consentry.devstack.postgres import (
     EmbeddedPostgres,
@@ -41,6 +48,7 @@ from consentry.devstack.services import (
     SERVICES,
     Service,
     child_env,
+    rights_env,
 )
 from consentry.devstack.spawning import free_port, port_is_free
 
@@ -275,6 +283,10 @@ class DevStack:
             http_host=self.settings.http_host,
             http_port=self._ports[service.name] if http else None,
         )
+        if "broker" in self._embedded:  # shorter group sessions, unless set already
+            env |= {k: v for k, v in TANSU_CLIENT_ENV.items() if k not in os.environ}
+        # Rights requests wait for the services of this stack that answer them.
+        env |= rights_env(self.services)
         if service.http is not None and service.name in self._ports:
             # Where people and recipients reach the service (unsubscribe pages, webhook
             # acknowledgements): its API on this machine.

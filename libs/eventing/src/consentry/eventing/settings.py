@@ -57,6 +57,11 @@ class KafkaSettings(ConsentrySettings):
     # as data arrives; the development broker holds the fetch for the whole wait, so a short
     # wait keeps end-to-end latency low on both (measured in bench/: 500 ms -> ~140 ms p50).
     kafka_fetch_max_wait_ms: int = Field(default=20, ge=1, le=10_000)
+    # Consumer group session: a dead member's partitions move after this long. Apache Kafka
+    # refuses values below its group.min.session.timeout.ms (6 s by default); the development
+    # broker holds every group join for half of it, so the dev stack and the tests shorten it
+    # (consentry.devstack.broker.TANSU_CLIENT_ENV).
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
 
 
 class SettingsError(RuntimeError):
