@@ -217,7 +217,7 @@ def processor_env(app_dsn: str, bootstrap: str, name: str) -> dict[str, str]:
         "CONSENTRY_ENVIRONMENT": "test",
         "CONSENTRY_LOG_FORMAT": "json",
         "CONSENTRY_LIST_PROCESSOR_NAME": name,
-        "CONSENTRY_LIST_PROCESSOR_SESSION_TIMEOUT_MS": "6000",
+        "CONSENTRY_LIST_PROCESSOR_SESSION_TIMEOUT_MS": "3000",
         "CONSENTRY_LIST_PROCESSOR_LAG_LOG_SECONDS": "1",
     }
 
