@@ -28,6 +28,7 @@ from uuid import UUID
 from fastapi import Depends, Request
 
 from consentry.httpapi.problems import Problem
+from consentry.httpapi.ratelimit import KeyRateLimiter
 
 
 class Scope(StrEnum):
@@ -130,6 +131,9 @@ async def authenticate(request: Request) -> Principal:
     principal = await resolver.resolve(key)
     if principal is None:
         raise Problem(401, "unauthenticated", "The API key is not valid", headers=challenge)
+    limiter: KeyRateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None:
+        limiter.check(principal.key_id)
     return principal
 
 

@@ -33,6 +33,15 @@ class HttpSettings(ConsentrySettings):
         description="processes serving the API on one port (uvicorn workers); each has its "
         "own database pool, caches and group-commit writer",
     )
+    http_rate_limit_per_second: float = Field(
+        default=5_000.0,
+        ge=0,
+        description="requests per second each API key may make to one API process "
+        "(token bucket; 0 turns the limit off); over it: 429 rate-limited with Retry-After",
+    )
+    http_rate_limit_burst: int = Field(
+        default=10_000, ge=1, description="requests a key may make at once above the rate"
+    )
 
 
 def refuse_weak_dev_key(key: SecretStr | None, environment: Environment) -> None:

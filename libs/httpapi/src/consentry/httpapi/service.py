@@ -24,6 +24,7 @@ from consentry.eventing.settings import (
     load_settings,
 )
 from consentry.httpapi.auth import DevKeyResolver, KeyResolver
+from consentry.httpapi.ratelimit import KeyRateLimiter
 from consentry.httpapi.server import DevAuthSettings, HttpSettings, harden, health_router, serve
 
 
@@ -89,6 +90,9 @@ def create_service_app(
         try:
             app.state.pool = pool
             app.state.key_resolver = resolver_factory(pool, settings)
+            app.state.rate_limiter = KeyRateLimiter(
+                settings.http_rate_limit_per_second, settings.http_rate_limit_burst
+            )
             if on_startup is not None:
                 await on_startup(app, pool)
             try:
