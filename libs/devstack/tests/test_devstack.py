@@ -22,6 +22,7 @@ from consentry.devstack.services import (
     SERVICES,
     Service,
     ServiceProcess,
+    rights_env,
 )
 from consentry.devstack.stack import DevStack, DevStackError, DevStackSettings, redact
 from consentry.eventing import catalogue, topics
@@ -166,6 +167,14 @@ def test_the_services_table() -> None:
         assert service.http.name == "api"
         assert service.app_role is not None  # no service's processes run as the owner
     assert (ENV_DATABASE_URL, ENV_HTTP_PORT) == ("CONSENTRY_DATABASE_URL", "CONSENTRY_HTTP_PORT")
+    # Rights requests wait for every service of the stack that answers them, and only those.
+    assert rights_env(SERVICES) == {
+        "CONSENTRY_ERASURE_SERVICES": "consent,preferences,subprocessors"
+    }
+    assert rights_env(s for s in SERVICES if s.name in {"consent", "audit"}) == {
+        "CONSENTRY_ERASURE_SERVICES": "consent"
+    }
+    assert rights_env(STANDINS) == {}
 
 
 def test_redact_hides_the_password() -> None:

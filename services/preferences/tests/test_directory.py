@@ -4,111 +4,31 @@ real broker into the real database, as the application's role (RLS applies)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from consentry.eventing import catalogue, topics
-from consentry.eventing.directory import DEV_DIRECTORY_KEY, pseudonymise, subject_key_context
-from consentry.eventing.envelope import Event, encode
+from consentry.eventing.directory import pseudonymise
+from consentry.eventing.replica import TOMBSTONE_HASH
 from consentry.eventing.sealing import Sealer
-from consentry.eventing.testing import Record, collect, header
+from consentry.eventing.testing import Record, collect, header, produce, running
+from consentry.eventing.testing import api_key_issued as issued
+from consentry.eventing.testing import api_key_revoked as revoked
+from consentry.eventing.testing import new_api_key as new_key
+from consentry.eventing.testing import tenant_provisioned as provisioned
 from consentry.httpapi.keys import DbKeyResolver
 from consentry.preferences.directory.follower import run_directory
-from consentry.preferences.directory.repository import TOMBSTONE_HASH
 from consentry.preferences.settings import DirectorySettings
 from consentry.preferences.tenants import load_keys
-from consentry.tenant.v1 import tenant_pb2
 
 pytestmark = pytest.mark.integration
-DIRECTORY = Sealer(base64.b64decode(DEV_DIRECTORY_KEY))
-SOURCE = "/consentry/consent"
-
-
-def stamp(moment: datetime) -> Timestamp:
-    value = Timestamp()
-    value.FromDatetime(moment)
-    return value
-
-
-def event(
-    tenant_id: uuid.UUID, event_type: catalogue.EventType, message: Message, *, event_id: str = ""
-) -> Event:
-    """A directory event as the consent service's outbox would publish it."""
-    return Event(
-        event_type,
-        str(tenant_id),
-        catalogue.TENANT_SUBJECT,
-        message,
-        SOURCE,
-        id=event_id or str(uuid.uuid4()),
-    )
-
-
-def provisioned(
-    tenant_id: uuid.UUID,
-    subject_key: bytes,
-    *,
-    name: str = "Acme Learning AB",
-    wrapper: Sealer = DIRECTORY,
-    context_of: uuid.UUID | None = None,
-) -> Event:
-    wrapped = wrapper.seal(subject_key, context=subject_key_context(context_of or tenant_id))
-    message = tenant_pb2.TenantProvisioned(
-        tenant_id=str(tenant_id),
-        name=name,
-        wrapped_subject_key=wrapped,
-        provisioned_at=stamp(datetime(2026, 11, 1, tzinfo=UTC)),
-    )
-    return event(tenant_id, catalogue.TENANT_PROVISIONED, message)
-
-
-def new_key() -> tuple[str, str]:
-    """A key id and the full key (`csk_<id>_<secret>`), as the consent service makes them."""
-    key_id = base64.b32encode(secrets.token_bytes(10)).decode().lower()
-    return key_id, f"csk_{key_id}_{secrets.token_urlsafe(32)}"
-
-
-def issued(tenant_id: uuid.UUID, key: str, scopes: Iterable[str], *, at: datetime) -> Event:
-    key_id, secret = key.removeprefix("csk_").split("_", 1)
-    message = tenant_pb2.ApiKeyIssued(
-        tenant_id=str(tenant_id),
-        key_id=key_id,
-        scopes=sorted(scopes),
-        secret_sha256=hashlib.sha256(secret.encode()).digest(),
-        issued_at=stamp(at),
-    )
-    return event(tenant_id, catalogue.API_KEY_ISSUED, message)
-
-
-def revoked(tenant_id: uuid.UUID, key_id: str, *, at: datetime) -> Event:
-    message = tenant_pb2.ApiKeyRevoked(
-        tenant_id=str(tenant_id), key_id=key_id, revoked_at=stamp(at)
-    )
-    return event(tenant_id, catalogue.API_KEY_REVOKED, message)
-
-
-async def produce(bootstrap: str, events: Iterable[Event]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for item in events:
-            record = encode(item)
-            await producer.send_and_wait(
-                record.topic, record.value, key=record.key, headers=list(record.headers)
-            )
-    finally:
-        await producer.stop()
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 30) -> None:
@@ -118,15 +38,9 @@ async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 30) 
             await asyncio.sleep(0.05)
 
 
-@contextlib.asynccontextmanager
-async def follower(settings: DirectorySettings) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_directory(settings, stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await task  # a crash of the follower fails the test here
+def follower(settings: DirectorySettings) -> contextlib.AbstractAsyncContextManager[None]:
+    """The follower in this process while the block runs (its crash fails the test)."""
+    return running(run_directory, settings)
 
 
 @pytest.fixture

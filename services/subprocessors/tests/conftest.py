@@ -4,7 +4,8 @@ in this process, and local webhook receivers on loopback.
 The API and the notifier log in as `consentry_subprocessors_app`, a non-superuser member of
 the group role `consentry_subprocessors_rw` (migration 0001), as in the dev stack, so
 row-level security is active. `db` is the owner's (superuser's) connection: it sees every
-row. Each test uses a tenant of its own (the broker's topics are shared by the session).
+row. Each test uses a tenant of its own (the broker's topics are shared by the session),
+provisioned as the directory follower would (`tenants`, migration 0002).
 """
 
 from __future__ import annotations
@@ -75,10 +76,24 @@ async def db(subprocessors_db: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
-@pytest.fixture
-def tenant() -> uuid.UUID:
-    """This test's tenant (the dev key's)."""
-    return uuid.uuid4()
+async def provision_tenant(
+    db: asyncpg.Connection, tenant_id: uuid.UUID, name: str = "Test tenant"
+) -> None:
+    """Write the tenant's row as the directory follower does (a repeat changes nothing)."""
+    await db.execute(
+        "INSERT INTO tenants (id, name, provisioned_at) VALUES ($1, $2, now())"
+        " ON CONFLICT (id) DO NOTHING",
+        tenant_id,
+        name,
+    )
+
+
+@pytest_asyncio.fixture
+async def tenant(db: asyncpg.Connection) -> uuid.UUID:
+    """This test's tenant (the dev key's), provisioned."""
+    tenant_id = uuid.uuid4()
+    await provision_tenant(db, tenant_id)
+    return tenant_id
 
 
 @pytest.fixture
@@ -122,7 +137,9 @@ async def public(subprocessors_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]
 
 
 async def issue_key(db: asyncpg.Connection, tenant_id: uuid.UUID, scopes: Iterable[str]) -> str:
-    """Insert an API key as the directory follower does; return the key to present."""
+    """Insert an API key (and its tenant) as the directory follower does; return the key to
+    present."""
+    await provision_tenant(db, tenant_id)
     key_id = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz234567") for _ in range(16))
     secret = secrets.token_urlsafe(32)[:43].ljust(43, "A")
     await db.execute(
@@ -325,6 +342,25 @@ def erasure_requested(
     )
     message.requested_at.FromDatetime(utcnow())
     return Event(catalogue.ERASURE_REQUESTED, str(tenant_id), ref, message, "/consentry/consent")
+
+
+def access_requested(
+    tenant_id: uuid.UUID,
+    subject_ref: str,
+    export_public_key: bytes,
+    request_id: str | None = None,
+) -> Event:
+    """AccessRequested as the consent service publishes it (the request's X25519 key)."""
+    message = rights_pb2.AccessRequested(
+        tenant_id=str(tenant_id),
+        subject_ref=subject_ref,
+        request_id=request_id or str(uuid.uuid4()),
+        export_public_key=export_public_key,
+    )
+    message.requested_at.FromDatetime(utcnow())
+    return Event(
+        catalogue.ACCESS_REQUESTED, str(tenant_id), subject_ref, message, "/consentry/consent"
+    )
 
 
 def consent_withdrawn(tenant_id: uuid.UUID, purpose: str, subject_ref: str | None = None) -> Event:

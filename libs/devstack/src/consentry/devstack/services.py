@@ -4,12 +4,15 @@ Each entry names the service's own database, the topics it needs, its migration 
 its long-running processes. A process with a `ready_path` is the service's HTTP API: it gets
 `CONSENTRY_HTTP_HOST`/`CONSENTRY_HTTP_PORT` and is ready when that path answers 200. Its port
 comes from the setting `CONSENTRY_<SERVICE>_PORT` when `DevStackSettings` has one (consent,
-audit), else a free port is picked.
+audit), else a free port is picked. A service that `answers_rights` reports on erasure and
+access requests (`ErasureCompleted` / `AccessPartReady`); the consent service's requests
+wait for those of the stack (`rights_env`).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from consentry.eventing import topics
@@ -23,6 +26,8 @@ ENV_ENVIRONMENT = "CONSENTRY_ENVIRONMENT"
 ENV_DEV_API_KEY = "CONSENTRY_DEV_API_KEY"
 ENV_DEV_TENANT_ID = "CONSENTRY_DEV_TENANT_ID"
 ENV_PUBLIC_URL = "CONSENTRY_PUBLIC_URL"  # where people reach a service's API and pages
+# The services whose answers the consent service's rights requests wait for.
+ENV_ERASURE_SERVICES = "CONSENTRY_ERASURE_SERVICES"
 
 ENVIRONMENT = "development"
 DEV_API_KEY = "consentry-dev-key"  # well-known: accepted in development only
@@ -61,6 +66,7 @@ class Service:
     migrate: tuple[str, ...]
     processes: tuple[ServiceProcess, ...]
     app_role: AppRole | None = None  # None: the processes connect as the database owner
+    answers_rights: bool = False  # publishes ErasureCompleted / AccessPartReady{service: name}
 
     @property
     def http(self) -> ServiceProcess | None:
@@ -100,6 +106,7 @@ SERVICES: tuple[Service, ...] = (
         # database owner often is: the processes log in as a member of the group role of
         # consent migration 0002 instead.
         app_role=AppRole(login="consentry_consent_app", member_of="consentry_consent_rw"),
+        answers_rights=True,
     ),
     Service(
         name="audit",
@@ -136,21 +143,28 @@ SERVICES: tuple[Service, ...] = (
         ),
         # Row-level security (tenant isolation), as in the consent service.
         app_role=AppRole(login="consentry_preferences_app", member_of="consentry_preferences_rw"),
+        answers_rights=True,
     ),
     Service(
         name="subprocessors",
         database="consentry_subprocessors",
-        topics=(topics.SUBPROCESSOR, topics.dead_letter_topic("subprocessor-notifier")),
+        topics=(
+            topics.SUBPROCESSOR,
+            topics.dead_letter_topic("subprocessors-directory"),
+            topics.dead_letter_topic("subprocessor-notifier"),
+        ),
         migrate=_module("subprocessors", "migrate"),
         processes=(
             ServiceProcess("api", _module("subprocessors", "api"), ready_path=READY_PATH),
             ServiceProcess("relay", _module("subprocessors", "relay")),
+            ServiceProcess("directory", _module("subprocessors", "directory")),
             ServiceProcess("notifier", _module("subprocessors", "notifier")),
             ServiceProcess("sender", _module("subprocessors", "sender")),
         ),
         app_role=AppRole(
             login="consentry_subprocessors_app", member_of="consentry_subprocessors_rw"
         ),
+        answers_rights=True,  # the notifier: its (empty) erasure report, its export part
     ),
 )
 
@@ -170,3 +184,10 @@ def child_env(
     if http_port is not None:
         env |= {ENV_HTTP_HOST: http_host, ENV_HTTP_PORT: str(http_port)}
     return env
+
+
+def rights_env(services: Iterable[Service]) -> dict[str, str]:
+    """What the consent service's rights requests wait for: the services among `services`
+    that answer them (`CONSENTRY_ERASURE_SERVICES`; nothing when none does)."""
+    names = [service.name for service in services if service.answers_rights]
+    return {ENV_ERASURE_SERVICES: ",".join(names)} if names else {}

@@ -57,6 +57,18 @@ class Problem(Exception):  # noqa: N818 - RFC 9457's own name
         self.extensions = extensions
 
 
+def tenant_not_provisioned() -> Problem:
+    """503 with `Retry-After`: the key's tenant has not reached this service through the
+    tenant directory yet (ADR 0008)."""
+    return Problem(
+        503,
+        "tenant-not-provisioned",
+        "The tenant is not known to this service yet",
+        detail="the tenant directory has not reached this service; retry shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
 def route_template(request: Request) -> str | None:
     """The matched route's template (`/v1/subjects/{subject_id}/…`), never the raw path,
     which may hold a subject identifier."""

@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import Depends, Request
 
 from consentry.eventing.db import Pool
-from consentry.httpapi.problems import Problem
+from consentry.httpapi.problems import tenant_not_provisioned
 from consentry.preferences.tenants import TenantKeyring, TenantKeys
 
 
@@ -23,13 +23,7 @@ async def tenant_keys(request: Request, tenant_id: UUID) -> TenantKeys:
     keyring: TenantKeyring = request.app.state.keyring
     keys = await keyring.get(tenant_id)
     if keys is None:
-        raise Problem(
-            503,
-            "tenant-not-provisioned",
-            "The tenant is not known to this service yet",
-            detail="the tenant directory has not reached this service; retry shortly",
-            headers={"Retry-After": "1"},
-        )
+        raise tenant_not_provisioned()
     return keys
 
 

@@ -8,6 +8,7 @@ from uuid import UUID
 from pydantic import AnyHttpUrl, Field, SecretStr, model_validator
 
 from consentry.eventing.directory import DirectoryKeySettings
+from consentry.eventing.replica import DirectoryFollowerSettings
 from consentry.eventing.sealing import Sealer, parse_key
 from consentry.eventing.settings import ConsentrySettings, DatabaseSettings, KafkaSettings
 from consentry.httpapi.server import refuse_weak_dev_key
@@ -94,9 +95,7 @@ class ApiSettings(ServiceHttpSettings, PreferencesKeySettings):
         return self
 
 
-class DirectorySettings(
-    DatabaseSettings, KafkaSettings, PreferencesKeySettings, DirectoryKeySettings
-):
+class DirectorySettings(DirectoryFollowerSettings, PreferencesKeySettings, DirectoryKeySettings):
     """The directory follower: tenants and API keys from the tenant topic."""
 
     directory_group_id: str = "preferences-directory"

@@ -1,4 +1,4 @@
-"""`python -m consentry.subprocessors api|notifier|sender|relay|migrate|replay`: the
+"""`python -m consentry.subprocessors api|directory|notifier|sender|relay|migrate|replay`: the
 subprocessors service's processes."""
 
 from __future__ import annotations
@@ -7,9 +7,15 @@ from consentry.eventing.migrations import Migration, service_migrations
 from consentry.eventing.relay import RelaySettings, run_relay
 from consentry.httpapi.service import add_replay, add_worker, service_cli
 from consentry.subprocessors.app import create_app
+from consentry.subprocessors.directory.follower import run_directory
 from consentry.subprocessors.notifier.sender import run_sender
 from consentry.subprocessors.notifier.worker import run_notifier
-from consentry.subprocessors.settings import ApiSettings, NotifierSettings, SenderSettings
+from consentry.subprocessors.settings import (
+    ApiSettings,
+    DirectorySettings,
+    NotifierSettings,
+    SenderSettings,
+)
 
 
 def migrations() -> list[Migration]:
@@ -27,10 +33,18 @@ cli = service_cli(
 
 add_worker(
     cli,
+    "directory",
+    DirectorySettings,
+    run_directory,
+    "Keep the replica of tenants and API keys from the tenant topic (ADR 0008).",
+)
+add_worker(
+    cli,
     "notifier",
     NotifierSettings,
     run_notifier,
-    "Make deliveries from erasure requests and consent withdrawals (faust) and send them.",
+    "Make deliveries from erasure requests and consent withdrawals (faust) and send them; "
+    "answer rights requests (this service's erasure report and access-export part).",
 )
 add_worker(
     cli, "sender", SenderSettings, run_sender, "Send due deliveries (next to the notifier's)."

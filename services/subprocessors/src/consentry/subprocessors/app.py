@@ -11,6 +11,7 @@ from consentry.httpapi.auth import KeyResolver
 from consentry.httpapi.keys import database_key_resolver
 from consentry.httpapi.service import cli_settings, create_service_app
 from consentry.subprocessors.deliveries.views import router as deliveries_router
+from consentry.subprocessors.directory.tenants import KnownTenants
 from consentry.subprocessors.recipients.service import RecipientRules
 from consentry.subprocessors.recipients.views import router as recipients_router
 from consentry.subprocessors.settings import ApiSettings
@@ -37,6 +38,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def on_startup(app: FastAPI, pool: Pool) -> None:
         app.state.rules = rules
         app.state.settings = settings
+        app.state.tenants = KnownTenants(pool)
 
     return create_service_app(
         settings,

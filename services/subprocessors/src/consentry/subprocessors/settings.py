@@ -7,6 +7,7 @@ from uuid import UUID
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from consentry.eventing.replica import DirectoryFollowerSettings
 from consentry.eventing.sealing import Sealer, parse_key
 from consentry.eventing.settings import (
     ConsentrySettings,
@@ -88,6 +89,13 @@ class ApiSettings(ServiceHttpSettings, SubprocessorsKeySettings):
     def _refuse_weak_dev_key_outside_development(self) -> ApiSettings:
         refuse_weak_dev_key(self.dev_api_key, self.environment)
         return self
+
+
+class DirectorySettings(DirectoryFollowerSettings):
+    """The directory follower: tenants and API keys from the tenant topic (ADR 0008). No
+    master or directory key: it stores no secret and opens no subject key."""
+
+    directory_group_id: str = "subprocessors-directory"
 
 
 class SenderSettings(DatabaseSettings, SubprocessorsKeySettings):

@@ -12,26 +12,22 @@ reports again (the request's bookkeeping counts each service once).
 
 On `consentry.rights.access_requested.v1` the service assembles what it holds about the
 subject (preferences, the contact in clear, suppressions) as JSON, seals it to the request's
-public key (`consentry.eventing.sealing.seal_part`) and publishes
-`consentry.rights.access_part_ready.v1` {service: preferences}: the part is readable only by
-the consent service when the requester downloads the export.
+public key and publishes `consentry.rights.access_part_ready.v1` {service: preferences}: the
+part is readable only by the consent service when the requester downloads the export. Both
+answers are built by the shared `consentry.eventing.rights`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from consentry.eventing import catalogue, kafka, outbox, topics
+from consentry.eventing import kafka, outbox, rights, topics
 from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection, create_pool, set_tenant
-from consentry.eventing.envelope import Event, PoisonMessage, ReceivedEvent, utcnow
-from consentry.eventing.sealing import Sealer, seal_part
+from consentry.eventing.envelope import ReceivedEvent, utcnow
+from consentry.eventing.sealing import Sealer
 from consentry.eventing.settings import DatabaseSettings, KafkaSettings
 from consentry.preferences import contacts
 from consentry.preferences.consentcopy.repository import consents_of
@@ -85,30 +81,6 @@ async def erase_subject(conn: Connection, tenant_id: UUID, subject_ref: str) -> 
     return erased
 
 
-def completed_event(
-    tenant_id: UUID, subject_ref: str, request_id: str, erased: list[str], at: datetime
-) -> Event:
-    """`erasure_completed` {service: preferences} for one subject of a request."""
-    completed_at = Timestamp()
-    completed_at.FromDatetime(at)
-    message = rights_pb2.ErasureCompleted(
-        tenant_id=str(tenant_id),
-        subject_ref=subject_ref,
-        request_id=request_id,
-        service=SERVICE,
-        completed_at=completed_at,
-        erased=erased,
-    )
-    return Event(
-        type=catalogue.ERASURE_COMPLETED,
-        tenant_id=str(tenant_id),
-        subject_ref=subject_ref,
-        message=message,
-        source=SOURCE,
-        time=at,
-    )
-
-
 async def access_part(
     conn: Connection, sealer: Sealer, tenant_id: UUID, subject_ref: str
 ) -> dict[str, Any]:
@@ -149,37 +121,6 @@ async def access_part(
     }
 
 
-def part_event(
-    message: rights_pb2.AccessRequested, tenant_id: UUID, part: dict[str, Any], at: datetime
-) -> Event:
-    """`access_part_ready` {service: preferences}: the part sealed to the request's key."""
-    ready_at = Timestamp()
-    ready_at.FromDatetime(at)
-    sealed = seal_part(
-        message.export_public_key,
-        json.dumps(part, sort_keys=True).encode(),
-        tenant_id=tenant_id,
-        request_id=UUID(message.request_id),
-        service=SERVICE,
-    )
-    ready = rights_pb2.AccessPartReady(
-        tenant_id=str(tenant_id),
-        subject_ref=message.subject_ref,
-        request_id=message.request_id,
-        service=SERVICE,
-        sealed_part=sealed,
-        ready_at=ready_at,
-    )
-    return Event(
-        type=catalogue.ACCESS_PART_READY,
-        tenant_id=str(tenant_id),
-        subject_ref=message.subject_ref,
-        message=ready,
-        source=SOURCE,
-        time=at,
-    )
-
-
 class RightsHandler:
     """Erases on `erasure_requested`, answers `access_requested` with this service's part;
     other rights events are not this service's business."""
@@ -194,16 +135,23 @@ class RightsHandler:
         if isinstance(message, rights_pb2.ErasureRequested):
             await set_tenant(conn, tenant_id)
             erased = await erase_subject(conn, tenant_id, event.subject_ref)
-            await outbox.add(
-                conn,
-                completed_event(tenant_id, event.subject_ref, message.request_id, erased, utcnow()),
+            completed = rights.erasure_completed(
+                service=SERVICE,
+                source=SOURCE,
+                tenant_id=tenant_id,
+                subject_ref=event.subject_ref,
+                request_id=message.request_id,
+                erased=erased,
+                at=utcnow(),
             )
+            await outbox.add(conn, completed)
         elif isinstance(message, rights_pb2.AccessRequested):
-            if len(message.export_public_key) != 32:
-                raise PoisonMessage("schema-violation", "export_public_key is 32 bytes")
             await set_tenant(conn, tenant_id)
             part = await access_part(conn, self._sealer, tenant_id, event.subject_ref)
-            await outbox.add(conn, part_event(message, tenant_id, part, utcnow()))
+            ready = rights.access_part_ready(
+                message, service=SERVICE, source=SOURCE, tenant_id=tenant_id, part=part, at=utcnow()
+            )
+            await outbox.add(conn, ready)
 
 
 async def run_rights(settings: RightsSettings, stop: asyncio.Event) -> None:

@@ -9,7 +9,6 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request
 
-from consentry.httpapi.auth import SubprocessorsRead
 from consentry.subprocessors.deliveries import service
 from consentry.subprocessors.deliveries.models import (
     Acknowledgement,
@@ -19,7 +18,7 @@ from consentry.subprocessors.deliveries.models import (
     RequestRecipients,
     Status,
 )
-from consentry.subprocessors.deps import PoolDep, RulesDep, SettingsDep
+from consentry.subprocessors.deps import PoolDep, RulesDep, SettingsDep, TenantRead
 
 router = APIRouter(tags=["deliveries"])
 RequestId = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")]
@@ -52,7 +51,7 @@ async def acknowledge(
 
 @router.get("/v1/requests/{request_id}/recipients", response_model=RequestRecipients)
 async def request_recipients(
-    principal: SubprocessorsRead,
+    principal: TenantRead,
     pool: PoolDep,
     request_id: RequestId,
     subject_ref: Annotated[
@@ -68,7 +67,7 @@ async def request_recipients(
 
 @router.get("/v1/deliveries", response_model=DeliveryList)
 async def list_deliveries(
-    principal: SubprocessorsRead,
+    principal: TenantRead,
     pool: PoolDep,
     status: Annotated[Status | None, Query(description="e.g. dead_lettered")] = None,
     request_id: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
@@ -89,6 +88,6 @@ async def list_deliveries(
 
 
 @router.get("/v1/deliveries/{delivery_id}", response_model=Delivery)
-async def get_delivery(principal: SubprocessorsRead, pool: PoolDep, delivery_id: UUID) -> Delivery:
+async def get_delivery(principal: TenantRead, pool: PoolDep, delivery_id: UUID) -> Delivery:
     """One delivery of the tenant."""
     return await service.get_delivery(pool, tenant_id=principal.tenant_id, delivery=delivery_id)

@@ -1,11 +1,14 @@
 """The notifier: a faust worker that turns erasure requests and consent withdrawals into
-deliveries (docs/adr/0010-subprocessor-notifier.md).
+deliveries (docs/adr/0010-subprocessor-notifier.md), and answers rights requests for this
+service.
 
-One agent reads `consentry.rights.v1` (ErasureRequested) and `consentry.consent.v1`
-(ConsentWithdrawn) with raw serializers, in batches. Each batch is applied in ONE
-PostgreSQL transaction: per record a savepoint with the inbox claim and the effect (a
-notice, its deliveries and RecipientsSelected through the outbox). Records that cannot be
-decoded, or whose effect the database refuses as invalid, go to
+One agent reads `consentry.rights.v1` (ErasureRequested, AccessRequested) and
+`consentry.consent.v1` (ConsentWithdrawn) with raw serializers, in batches. Each batch is
+applied in ONE PostgreSQL transaction: per record a savepoint with the inbox claim and the
+effect (`EFFECTS`: a notice, its deliveries and RecipientsSelected through the outbox; for
+an erasure also this service's ErasureCompleted, for an access request its sealed part of
+the export, `rights/service.py`). Records that cannot be decoded, or whose effect the
+database refuses as invalid (or the effect rejects as poison), go to
 `consentry.dlq.subprocessor-notifier` with the reason in headers, before the commit; other
 event types on those topics are skipped. Only after the commit are the batch's events
 acknowledged to faust, whose offset commits therefore never pass an event whose effect is
@@ -34,13 +37,10 @@ from consentry.eventing.db import Connection, Pool, create_pool, set_tenant
 from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, decode
 from consentry.eventing.logs import get_logger
 from consentry.subprocessors.deliveries.models import Claimed
-from consentry.subprocessors.deliveries.service import (
-    NoticeOptions,
-    notice_erasure,
-    notice_withdrawal,
-)
+from consentry.subprocessors.deliveries.service import NoticeOptions, notice_withdrawal
 from consentry.subprocessors.notifier.faust_kafka import App
 from consentry.subprocessors.notifier.sender import Sender
+from consentry.subprocessors.rights.service import answer_access, answer_erasure
 from consentry.subprocessors.settings import NotifierSettings
 
 log = get_logger(__name__)
@@ -50,7 +50,8 @@ CONSUMER = "subprocessor-notifier"
 INPUT_TOPICS = (topics.RIGHTS, topics.CONSENT)
 Effect = Callable[[Connection, NoticeOptions, ReceivedEvent], Awaitable[list[Claimed]]]
 EFFECTS: dict[str, Effect] = {
-    catalogue.ERASURE_REQUESTED.name: notice_erasure,
+    catalogue.ERASURE_REQUESTED.name: answer_erasure,
+    catalogue.ACCESS_REQUESTED.name: answer_access,
     catalogue.CONSENT_WITHDRAWN.name: notice_withdrawal,
 }
 

@@ -8,8 +8,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Response
 
-from consentry.httpapi.auth import SubprocessorsAdmin, SubprocessorsRead
-from consentry.subprocessors.deps import PoolDep, RulesDep
+from consentry.subprocessors.deps import PoolDep, RulesDep, TenantAdmin, TenantRead
 from consentry.subprocessors.recipients import service
 from consentry.subprocessors.recipients.models import (
     CreatedRecipient,
@@ -26,7 +25,7 @@ RecipientId = Annotated[UUID, Path(description="the recipient's id")]
 
 @router.post("", status_code=201, response_model=CreatedRecipient)
 async def create_recipient(
-    principal: SubprocessorsAdmin,
+    principal: TenantAdmin,
     pool: PoolDep,
     rules: RulesDep,
     body: RecipientIn,
@@ -39,7 +38,7 @@ async def create_recipient(
 
 @router.get("", response_model=RecipientList)
 async def list_recipients(
-    principal: SubprocessorsRead,
+    principal: TenantRead,
     pool: PoolDep,
     active: Annotated[bool | None, Query(description="only active (or inactive) ones")] = None,
 ) -> RecipientList:
@@ -51,7 +50,7 @@ async def list_recipients(
 
 @router.get("/{recipient_id}", response_model=Recipient)
 async def get_recipient(
-    principal: SubprocessorsRead, pool: PoolDep, recipient_id: RecipientId
+    principal: TenantRead, pool: PoolDep, recipient_id: RecipientId
 ) -> Recipient:
     """One recipient of the tenant."""
     return await service.get(pool, tenant_id=principal.tenant_id, recipient_id=recipient_id)
@@ -59,7 +58,7 @@ async def get_recipient(
 
 @router.patch("/{recipient_id}", response_model=Recipient)
 async def change_recipient(
-    principal: SubprocessorsAdmin,
+    principal: TenantAdmin,
     pool: PoolDep,
     rules: RulesDep,
     recipient_id: RecipientId,
@@ -73,7 +72,7 @@ async def change_recipient(
 
 @router.delete("/{recipient_id}", response_model=Recipient)
 async def deactivate_recipient(
-    principal: SubprocessorsAdmin, pool: PoolDep, rules: RulesDep, recipient_id: RecipientId
+    principal: TenantAdmin, pool: PoolDep, rules: RulesDep, recipient_id: RecipientId
 ) -> Recipient:
     """Deactivate a recipient: no new notices; those under way are still delivered, and
     everything it was told stays on record."""
@@ -84,7 +83,7 @@ async def deactivate_recipient(
 
 @router.post("/{recipient_id}/rotate-secret", response_model=RotatedSecret)
 async def rotate_secret(
-    principal: SubprocessorsAdmin,
+    principal: TenantAdmin,
     pool: PoolDep,
     rules: RulesDep,
     recipient_id: RecipientId,
