@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -203,3 +204,18 @@ async def audit_api(stack: DevStack) -> AsyncIterator[httpx.AsyncClient]:
         timeout=30,
     ) as client:
         yield client
+
+
+async def wait_until_completed(
+    consent_api: httpx.AsyncClient, request_id: str, seconds: float = 60
+) -> dict[str, Any]:
+    """Poll a rights request until it is completed; its last status document."""
+    state: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(seconds):
+            while state.get("state") != "completed":
+                await asyncio.sleep(0.2)
+                state = (await consent_api.get(f"/v1/rights-requests/{request_id}")).json()
+    except TimeoutError:
+        pytest.fail(f"the rights request did not complete: {state}")
+    return state

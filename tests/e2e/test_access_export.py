@@ -23,7 +23,7 @@ from werkzeug import Request, Response
 from consentry.devstack.services import DEV_API_KEY
 from consentry.devstack.stack import DevStack
 
-from .conftest import EXTRA_PURPOSES, POLICY_VERSION, Worker
+from .conftest import EXTRA_PURPOSES, POLICY_VERSION, Worker, wait_until_completed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 PURPOSE = EXTRA_PURPOSES[3]  # a purpose only this test's recipient receives data for
@@ -134,14 +134,7 @@ async def test_an_access_export_names_the_recipients_told_about_the_subject(
         )
         assert filed.status_code == 202, filed.text
         request_id = filed.json()["id"]
-        state: dict[str, Any] = {}
-        try:
-            async with asyncio.timeout(60):
-                while state.get("state") != "completed":
-                    await asyncio.sleep(0.2)
-                    state = (await consent_api.get(f"/v1/rights-requests/{request_id}")).json()
-        except TimeoutError:
-            pytest.fail(f"the access request did not complete: {state}")
+        state = await wait_until_completed(consent_api, request_id)
         progress = state["progress"]
         assert progress["expected_services"] == ["consent", "preferences", "subprocessors"]
         assert {s["service"] for s in progress["services"]} == set(progress["expected_services"])

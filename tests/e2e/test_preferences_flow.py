@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from consentry.devstack.services import DEV_API_KEY, SERVICES
 from consentry.devstack.stack import DevStack
 
-from .conftest import Worker
+from .conftest import Worker, wait_until_completed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -203,14 +203,7 @@ async def test_an_erased_address_cannot_be_recovered_from_any_table_topic_or_log
     )
     assert filed.status_code == 202, filed.text
     request_id = filed.json()["id"]
-    state: dict[str, object] = {}
-    try:
-        async with asyncio.timeout(60):
-            while state.get("state") != "completed":
-                await asyncio.sleep(0.2)
-                state = (await consent_api.get(f"/v1/rights-requests/{request_id}")).json()
-    except TimeoutError:
-        pytest.fail(f"the erasure request did not complete: {state}")
+    state = await wait_until_completed(consent_api, request_id)
     assert state["certificate"]
     await _wait_verdict(preferences_api, ref, "erased")
 
