@@ -29,15 +29,20 @@ from uuid import UUID
 
 import asyncpg
 from cachetools import TLRUCache
+from pydantic import Field, SecretStr, model_validator
 
 from consentry.eventing.db import Pool
+from consentry.eventing.settings import ConsentrySettings
 from consentry.httpapi.auth import ChainKeyResolver, DevKeyResolver, KeyResolver, Principal
+from consentry.httpapi.server import refuse_weak_dev_key
 
 KEY_PREFIX = "csk_"
 _KEY = re.compile(r"^csk_([a-z2-7]{16})_([A-Za-z0-9_-]{43})$")
 _RESOLVE = "SELECT tenant_id, scopes, secret_hash, revoked_at FROM consentry_resolve_api_key($1)"
 
 NEGATIVE_CACHE_SECONDS = 1.0
+# The development tenant of `make run` and the tests (the dev key's, when one is set).
+DEV_TENANT_ID = UUID("00000000-0000-4000-8000-000000000001")
 MAX_CACHED_KEYS = 10_000
 
 
@@ -159,3 +164,43 @@ def database_key_resolver(
     if dev_api_key is None or dev_tenant_id is None:
         return ChainKeyResolver([database])
     return ChainKeyResolver([database, DevKeyResolver(dev_api_key, dev_tenant_id)])
+
+
+class ApiKeySettings(ConsentrySettings):
+    """How an HTTP API accepts keys: the tenants' keys in its database (the consent
+    service's own, or its replica of the tenant directory), cached briefly, and optionally
+    one development key with every scope."""
+
+    dev_api_key: SecretStr | None = Field(
+        default=None,
+        description="a development key with every scope for the dev tenant; unset (the "
+        "default) accepts only the tenants' API keys (create-tenant / POST /v1/api-keys)",
+    )
+    dev_tenant_id: UUID = Field(
+        default=DEV_TENANT_ID,
+        description="the dev key's tenant (the consent service creates it at start-up when "
+        "the dev key is set)",
+    )
+    api_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="how long a resolved API key is trusted without asking the database: a "
+        "key revoked through another process keeps working for at most this long there",
+    )
+
+    @model_validator(mode="after")
+    def _refuse_weak_dev_key_outside_development(self) -> ApiKeySettings:
+        refuse_weak_dev_key(self.dev_api_key, self.environment)
+        return self
+
+
+def settings_key_resolver(pool: Pool, settings: ApiKeySettings) -> KeyResolver:
+    """The resolver `settings` describe: database keys, then the dev key when one is set."""
+    dev_key = settings.dev_api_key
+    return database_key_resolver(
+        pool,
+        cache_seconds=settings.api_key_cache_seconds,
+        dev_api_key=None if dev_key is None else dev_key.get_secret_value(),
+        dev_tenant_id=settings.dev_tenant_id,
+    )

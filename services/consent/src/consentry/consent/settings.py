@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import re
-from uuid import UUID
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from consentry.consent.sealing import MasterKeySettings
 from consentry.eventing.directory import DirectoryKeySettings
 from consentry.eventing.settings import ConsentrySettings, DatabaseSettings, KafkaSettings
-from consentry.httpapi.server import refuse_weak_dev_key
+from consentry.httpapi.keys import ApiKeySettings
 from consentry.httpapi.service import ServiceHttpSettings
 
 # The development tenant of `make run` (the dev key's tenant unless configured otherwise).
-DEV_TENANT_ID = UUID("00000000-0000-4000-8000-000000000001")
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
@@ -52,26 +50,12 @@ class ErasureSettings(ConsentrySettings):
         return tuple(self.erasure_services.split(","))
 
 
-class ApiSettings(ServiceHttpSettings, MasterKeySettings, DirectoryKeySettings, ErasureSettings):
+class ApiSettings(
+    ServiceHttpSettings, ApiKeySettings, MasterKeySettings, DirectoryKeySettings, ErasureSettings
+):
     """The consent HTTP API: its database, where it listens, the master key, API keys, and the
     directory key that wraps the subject keys of tenants it announces (ADR 0008)."""
 
-    dev_api_key: SecretStr | None = Field(
-        default=None,
-        description="a development key with every scope for the dev tenant; unset (the "
-        "default) accepts only API keys created with create-tenant / POST /v1/api-keys",
-    )
-    dev_tenant_id: UUID = Field(
-        default=DEV_TENANT_ID,
-        description="the dev key's tenant, created at start-up when the dev key is set",
-    )
-    api_key_cache_seconds: float = Field(
-        default=5.0,
-        ge=0,
-        le=300,
-        description="how long a resolved API key is trusted without asking the database: a "
-        "key revoked through another process keeps working for at most this long there",
-    )
     policy_cache_seconds: float = Field(
         default=5.0,
         ge=0,
@@ -98,11 +82,6 @@ class ApiSettings(ServiceHttpSettings, MasterKeySettings, DirectoryKeySettings, 
         ge=64 * 1024,
         description="request body limit of POST /v1/checks and /v1/subject-refs (10,000 items)",
     )
-
-    @model_validator(mode="after")
-    def _refuse_weak_dev_key_outside_development(self) -> ApiSettings:
-        refuse_weak_dev_key(self.dev_api_key, self.environment)
-        return self
 
 
 class TenantAdminSettings(DatabaseSettings, MasterKeySettings, DirectoryKeySettings):

@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from consentry.eventing.db import Pool
-from consentry.httpapi.auth import KeyResolver
-from consentry.httpapi.keys import database_key_resolver
+from consentry.httpapi.keys import settings_key_resolver
 from consentry.httpapi.service import cli_settings, create_service_app
 from consentry.preferences.links.pages import router as pages_router
 from consentry.preferences.links.views import router as links_router
@@ -16,16 +15,6 @@ from consentry.preferences.settings import ApiSettings
 from consentry.preferences.subjects.views import router as subjects_router
 from consentry.preferences.tenants import TenantKeyring
 from consentry.preferences.topics.views import router as topics_router
-
-
-def _key_resolver(pool: Pool, settings: ApiSettings) -> KeyResolver:
-    dev_key = settings.dev_api_key
-    return database_key_resolver(
-        pool,
-        cache_seconds=settings.api_key_cache_seconds,
-        dev_api_key=None if dev_key is None else dev_key.get_secret_value(),
-        dev_tenant_id=settings.dev_tenant_id,
-    )
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -44,7 +33,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         "Subjects are stored and published only as pseudonymous references.",
         routers=[topics_router, subjects_router, links_router, pages_router, lists_router],
         on_startup=on_startup,
-        key_resolver=_key_resolver,
+        key_resolver=settings_key_resolver,
         body_limits={FILTER_PATH: settings.filter_max_body_bytes},
     )
 

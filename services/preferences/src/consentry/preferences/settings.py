@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from uuid import UUID
 
 from pydantic import AnyHttpUrl, Field, SecretStr, model_validator
 
@@ -11,12 +10,11 @@ from consentry.eventing.directory import DirectoryKeySettings
 from consentry.eventing.replica import DirectoryFollowerSettings
 from consentry.eventing.sealing import Sealer, parse_key
 from consentry.eventing.settings import ConsentrySettings, DatabaseSettings, KafkaSettings
-from consentry.httpapi.server import refuse_weak_dev_key
+from consentry.httpapi.keys import ApiKeySettings
 from consentry.httpapi.service import ServiceHttpSettings
 
 # Well-known, for development and tests only (refused elsewhere).
 DEV_PREFERENCES_MASTER_KEY = "ZGV2LW9ubHktcHJlZmVyZW5jZXMtbWFzdGVyLWtleSE="
-DEV_TENANT_ID = UUID("00000000-0000-4000-8000-000000000001")
 
 
 class PreferencesKeySettings(ConsentrySettings):
@@ -42,21 +40,9 @@ class PreferencesKeySettings(ConsentrySettings):
         return Sealer(base64.b64decode(self.preferences_master_key.get_secret_value()))
 
 
-class ApiSettings(ServiceHttpSettings, PreferencesKeySettings):
+class ApiSettings(ServiceHttpSettings, ApiKeySettings, PreferencesKeySettings):
     """The preferences HTTP API (and its unsubscribe and preference-center pages)."""
 
-    dev_api_key: SecretStr | None = Field(
-        default=None,
-        description="a development key with every scope for the dev tenant; unset (the "
-        "default) accepts only API keys announced by the consent service",
-    )
-    dev_tenant_id: UUID = Field(default=DEV_TENANT_ID, description="the dev key's tenant")
-    api_key_cache_seconds: float = Field(
-        default=5.0,
-        ge=0,
-        le=300,
-        description="how long a resolved API key is trusted without asking the database",
-    )
     public_url: AnyHttpUrl | None = Field(
         default=None,
         description="the base URL people reach the unsubscribe and preference-center pages "
@@ -88,11 +74,6 @@ class ApiSettings(ServiceHttpSettings, PreferencesKeySettings):
         description="list members the suppression filter keeps in memory per API process "
         "(about 200 bytes each; larger lists are checked in the database; 0: never)",
     )
-
-    @model_validator(mode="after")
-    def _refuse_weak_dev_key_outside_development(self) -> ApiSettings:
-        refuse_weak_dev_key(self.dev_api_key, self.environment)
-        return self
 
 
 class DirectorySettings(DirectoryFollowerSettings, PreferencesKeySettings, DirectoryKeySettings):

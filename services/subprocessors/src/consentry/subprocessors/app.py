@@ -7,24 +7,13 @@ from datetime import timedelta
 from fastapi import FastAPI
 
 from consentry.eventing.db import Pool
-from consentry.httpapi.auth import KeyResolver
-from consentry.httpapi.keys import database_key_resolver
+from consentry.httpapi.keys import settings_key_resolver
 from consentry.httpapi.service import cli_settings, create_service_app
 from consentry.subprocessors.deliveries.views import router as deliveries_router
 from consentry.subprocessors.directory.tenants import KnownTenants
 from consentry.subprocessors.recipients.service import RecipientRules
 from consentry.subprocessors.recipients.views import router as recipients_router
 from consentry.subprocessors.settings import ApiSettings
-
-
-def _key_resolver(pool: Pool, settings: ApiSettings) -> KeyResolver:
-    dev_key = settings.dev_api_key
-    return database_key_resolver(
-        pool,
-        cache_seconds=settings.api_key_cache_seconds,
-        dev_api_key=None if dev_key is None else dev_key.get_secret_value(),
-        dev_tenant_id=settings.dev_tenant_id,
-    )
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -49,7 +38,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         "Standard Webhooks; docs/webhooks.md is the contract for recipients.",
         routers=[recipients_router, deliveries_router],
         on_startup=on_startup,
-        key_resolver=_key_resolver,
+        key_resolver=settings_key_resolver,
     )
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import base64
-from uuid import UUID
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationInfo, field_validator
 
 from consentry.eventing.replica import DirectoryFollowerSettings
 from consentry.eventing.sealing import Sealer, parse_key
@@ -15,12 +14,11 @@ from consentry.eventing.settings import (
     Environment,
     KafkaSettings,
 )
-from consentry.httpapi.server import refuse_weak_dev_key
+from consentry.httpapi.keys import ApiKeySettings
 from consentry.httpapi.service import ServiceHttpSettings
 
 # Well-known, for development and tests only (refused elsewhere).
 DEV_SUBPROCESSORS_MASTER_KEY = "ZGV2LW9ubHktc3VicHJvY2Vzc29ycy1tYXN0ZXItayE="
-DEV_TENANT_ID = UUID("00000000-0000-4000-8000-000000000001")
 # Standard Webhooks' own tolerance (the `standardwebhooks` library refuses anything older).
 MAX_TIMESTAMP_TOLERANCE_SECONDS = 300
 
@@ -55,22 +53,10 @@ class SubprocessorsKeySettings(ConsentrySettings):
         return self.environment in (Environment.DEVELOPMENT, Environment.TEST)
 
 
-class ApiSettings(ServiceHttpSettings, SubprocessorsKeySettings):
+class ApiSettings(ServiceHttpSettings, ApiKeySettings, SubprocessorsKeySettings):
     """The subprocessors HTTP API (the registry, delivery reports and the acknowledgement
     callback)."""
 
-    dev_api_key: SecretStr | None = Field(
-        default=None,
-        description="a development key with every scope for the dev tenant; unset (the "
-        "default) accepts only API keys announced by the consent service",
-    )
-    dev_tenant_id: UUID = Field(default=DEV_TENANT_ID, description="the dev key's tenant")
-    api_key_cache_seconds: float = Field(
-        default=5.0,
-        ge=0,
-        le=300,
-        description="how long a resolved API key is trusted without asking the database",
-    )
     secret_rotation_grace_seconds: float = Field(
         default=24 * 3600.0,
         ge=0,
@@ -84,11 +70,6 @@ class ApiSettings(ServiceHttpSettings, SubprocessorsKeySettings):
         le=MAX_TIMESTAMP_TOLERANCE_SECONDS,
         description="how far an acknowledgement's webhook-timestamp may be from now",
     )
-
-    @model_validator(mode="after")
-    def _refuse_weak_dev_key_outside_development(self) -> ApiSettings:
-        refuse_weak_dev_key(self.dev_api_key, self.environment)
-        return self
 
 
 class DirectorySettings(DirectoryFollowerSettings):
