@@ -9,7 +9,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from consentry.consent.v1 import consent_pb2
 from consentry.eventing import catalogue
-from consentry.eventing.envelope import Event, KafkaRecord, PoisonMessage, decode, encode
+from consentry.eventing.envelope import (
+    Event,
+    KafkaRecord,
+    PoisonMessage,
+    decode,
+    encode,
+    field_time,
+    to_timestamp,
+)
 
 TENANT = "00000000-0000-4000-8000-0000000000aa"
 SUBJECT = "ab" * 32
@@ -169,3 +177,16 @@ def test_timestamp_survives_round_trip() -> None:
     assert isinstance(received.message, consent_pb2.ConsentGiven)
     occurred = received.message.decision.occurred_at.ToDatetime(tzinfo=UTC)
     assert occurred == datetime(2026, 1, 31, tzinfo=UTC)
+
+
+def test_payload_times_round_trip_fall_back_when_unset_and_refuse_out_of_range() -> None:
+    at = datetime(2026, 11, 29, 17, 45, 12, 345678, tzinfo=UTC)
+    fallback = datetime(2000, 1, 1, tzinfo=UTC)
+    decision = consent_pb2.ConsentDecision(occurred_at=to_timestamp(at))
+    assert field_time(decision, "occurred_at", fallback) == at
+    assert field_time(consent_pb2.ConsentDecision(), "occurred_at", fallback) == fallback
+    assert field_time(consent_pb2.ConsentDecision(), "occurred_at", None) is None
+    far = consent_pb2.ConsentDecision(occurred_at=Timestamp(seconds=2**40))  # year ~36812
+    with pytest.raises(PoisonMessage) as raised:
+        field_time(far, "occurred_at", fallback)
+    assert raised.value.reason == "schema-violation"

@@ -15,13 +15,14 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.v1.event import CloudEvent
 from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from consentry.eventing.catalogue import EventType, lookup
 
@@ -62,6 +63,29 @@ class _ProtobufFormat:
 
 
 _FORMAT = _ProtobufFormat()
+
+
+_Fallback = TypeVar("_Fallback", datetime, None)
+
+
+def to_timestamp(moment: datetime) -> Timestamp:
+    """The protobuf `Timestamp` of an aware instant (for event payloads)."""
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def field_time(message: Message, name: str, fallback: _Fallback) -> datetime | _Fallback:
+    """The instant in a received payload's timestamp field `name`: `fallback` (usually the
+    event's own time) when the field is not set; a value out of datetime's range is poison
+    (`schema-violation`), never a crash retried for ever."""
+    if not message.HasField(name):
+        return fallback
+    stamp: Timestamp = getattr(message, name)
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise PoisonMessage("schema-violation", f"{name} is out of range") from None
 
 
 def utcnow() -> datetime:

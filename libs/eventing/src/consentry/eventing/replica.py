@@ -26,17 +26,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from uuid import UUID
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import Field
 
 from consentry.eventing import kafka, topics
 from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection, create_pool, set_tenant
 from consentry.eventing.directory import subject_key_context
-from consentry.eventing.envelope import PoisonMessage, ReceivedEvent
+from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, field_time
 from consentry.eventing.sealing import KEY_BYTES, Sealer, SealingError
 from consentry.eventing.settings import DatabaseSettings, KafkaSettings
 from consentry.tenant.v1 import tenant_pb2
@@ -122,15 +121,6 @@ def unwrap_subject_key(
     return subject_key
 
 
-def _time(stamp: Timestamp, present: bool, fallback: datetime) -> datetime:
-    if not present:
-        return fallback
-    try:
-        return stamp.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise PoisonMessage("schema-violation", "a timestamp is out of range") from None
-
-
 class DirectoryHandler:
     """Applies one directory event in the consumer's transaction (a savepoint per record)."""
 
@@ -143,9 +133,7 @@ class DirectoryHandler:
         await set_tenant(conn, tenant_id)
         message = event.message
         if isinstance(message, tenant_pb2.TenantProvisioned):
-            provisioned_at = _time(
-                message.provisioned_at, message.HasField("provisioned_at"), event.time
-            )
+            provisioned_at = field_time(message, "provisioned_at", event.time)
             await self._on_provisioned(conn, tenant_id, message, provisioned_at)
         elif isinstance(message, tenant_pb2.ApiKeyIssued):
             await self._owned_by(conn, tenant_id, message.key_id)
@@ -155,7 +143,7 @@ class DirectoryHandler:
                 tenant_id=tenant_id,
                 scopes=list(message.scopes),
                 secret_hash=message.secret_sha256,
-                issued_at=_time(message.issued_at, message.HasField("issued_at"), event.time),
+                issued_at=field_time(message, "issued_at", event.time),
             )
         elif isinstance(message, tenant_pb2.ApiKeyRevoked):
             await self._owned_by(conn, tenant_id, message.key_id)
@@ -163,7 +151,7 @@ class DirectoryHandler:
                 conn,
                 key_id=message.key_id,
                 tenant_id=tenant_id,
-                revoked_at=_time(message.revoked_at, message.HasField("revoked_at"), event.time),
+                revoked_at=field_time(message, "revoked_at", event.time),
             )
         else:
             raise PoisonMessage("unexpected-event-type", f"{event.type.name} on the tenant topic")

@@ -14,18 +14,10 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from consentry.eventing import catalogue
-from consentry.eventing.envelope import Event, PoisonMessage
+from consentry.eventing.envelope import Event, PoisonMessage, to_timestamp
 from consentry.eventing.sealing import seal_part
 from consentry.rights.v1 import rights_pb2
-
-
-def _timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def erasure_completed(
@@ -45,7 +37,7 @@ def erasure_completed(
         subject_ref=subject_ref,
         request_id=request_id,
         service=service,
-        completed_at=_timestamp(at),
+        completed_at=to_timestamp(at),
         erased=list(erased),
     )
     return Event(
@@ -89,7 +81,7 @@ def access_part_ready(
         request_id=request.request_id,
         service=service,
         sealed_part=sealed,
-        ready_at=_timestamp(at),
+        ready_at=to_timestamp(at),
     )
     return Event(
         type=catalogue.ACCESS_PART_READY,

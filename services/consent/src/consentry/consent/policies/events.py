@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from uuid import UUID
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from consentry.consent.v1 import policy_pb2
 from consentry.eventing import catalogue
-from consentry.eventing.envelope import Event
+from consentry.eventing.envelope import Event, to_timestamp
 
 SOURCE = "/consentry/consent"
 
@@ -32,21 +30,15 @@ class PolicyFacts:
     previous_version: str | None
 
 
-def _timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 def _policy(facts: PolicyFacts) -> policy_pb2.PolicyVersion:
     return policy_pb2.PolicyVersion(
         tenant_id=str(facts.tenant_id),
         version=facts.version,
         url=facts.url,
-        published_at=_timestamp(facts.published_at),
+        published_at=to_timestamp(facts.published_at),
         announced_on=facts.announced_on.isoformat(),
         effective_on=facts.effective_on.isoformat(),
-        effective_at=_timestamp(facts.effective_at),
+        effective_at=to_timestamp(facts.effective_at),
         purposes=[
             policy_pb2.PolicyPurpose(purpose=name, notice_sha256=digest.hex())
             for name, digest in sorted(facts.notices.items())
@@ -76,7 +68,7 @@ def effective_event(facts: PolicyFacts, *, activated_at: datetime, flagged: int)
         subject_ref=catalogue.POLICY_SUBJECT,
         message=policy_pb2.PolicyEffective(
             policy=_policy(facts),
-            activated_at=_timestamp(activated_at),
+            activated_at=to_timestamp(activated_at),
             reconsent_flagged=flagged,
         ),
         source=SOURCE,
@@ -106,7 +98,7 @@ def reconsent_event(
             purpose=purpose,
             previous_policy_version=previous_policy_version,
             policy_version=policy_version,
-            occurred_at=_timestamp(occurred_at),
+            occurred_at=to_timestamp(occurred_at),
         ),
         source=SOURCE,
         time=occurred_at,

@@ -11,12 +11,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from consentry.consent.rights.deadlines import DeadlineStatus
 from consentry.consent.rights.models import Requester, RequestKind
 from consentry.eventing import catalogue
-from consentry.eventing.envelope import Event
+from consentry.eventing.envelope import Event, to_timestamp
 from consentry.rights.v1 import rights_pb2
 
 SOURCE = "/consentry/consent"
@@ -38,12 +36,6 @@ DEADLINE_STATUSES = {
 }
 
 
-def _timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 def erasure_requested(
     *,
     tenant_id: UUID,
@@ -61,8 +53,8 @@ def erasure_requested(
         request_id=str(request_id),
         kind=KINDS[kind],
         requester=REQUESTERS[requester],
-        requested_at=_timestamp(requested_at),
-        due_at=_timestamp(due_at),
+        requested_at=to_timestamp(requested_at),
+        due_at=to_timestamp(due_at),
     )
     return Event(catalogue.ERASURE_REQUESTED, str(tenant_id), subject_ref, message, SOURCE)
 
@@ -81,7 +73,7 @@ def erasure_completed(
         subject_ref=subject_ref,
         request_id=str(request_id),
         service=SERVICE,
-        completed_at=_timestamp(completed_at),
+        completed_at=to_timestamp(completed_at),
         erased=list(erased),
     )
     return Event(
@@ -102,7 +94,7 @@ def access_requested(
         tenant_id=str(tenant_id),
         subject_ref=subject_ref,
         request_id=str(request_id),
-        requested_at=_timestamp(requested_at),
+        requested_at=to_timestamp(requested_at),
         export_public_key=export_public_key,
     )
     return Event(catalogue.ACCESS_REQUESTED, str(tenant_id), subject_ref, message, SOURCE)
@@ -123,7 +115,7 @@ def access_part_ready(
         request_id=str(request_id),
         service=SERVICE,
         sealed_part=sealed_part,
-        ready_at=_timestamp(ready_at),
+        ready_at=to_timestamp(ready_at),
     )
     return Event(
         catalogue.ACCESS_PART_READY, str(tenant_id), subject_ref, message, SOURCE, time=ready_at
@@ -144,7 +136,7 @@ def request_deadline(
         request_id=str(request_id),
         kind=KINDS[kind],
         status=DEADLINE_STATUSES[status],
-        due_at=_timestamp(due_at),
+        due_at=to_timestamp(due_at),
     )
     return Event(
         catalogue.REQUEST_DEADLINE, str(tenant_id), catalogue.REQUESTS_SUBJECT, message, SOURCE
@@ -169,7 +161,7 @@ def request_closed(
         outcome=rights_pb2.REQUEST_OUTCOME_COMPLETED
         if completed
         else rights_pb2.REQUEST_OUTCOME_REJECTED,
-        closed_at=_timestamp(closed_at),
+        closed_at=to_timestamp(closed_at),
         certificate=certificate,
         reason=reason,
     )

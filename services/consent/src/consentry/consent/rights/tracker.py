@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from consentry.consent.db import set_tenant
 from consentry.consent.rights import repository, service
 from consentry.consent.rights.certificate import signing_key_in
@@ -45,7 +43,7 @@ from consentry.consent.settings import RightsTrackerSettings
 from consentry.eventing import kafka, topics
 from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection, create_pool
-from consentry.eventing.envelope import PoisonMessage, ReceivedEvent
+from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, field_time
 from consentry.eventing.logs import get_logger
 from consentry.rights.v1 import rights_pb2
 from consentry.subprocessors.v1 import subprocessors_pb2
@@ -211,10 +209,6 @@ class _TenantBatch:
     resolutions: dict[tuple[UUID, str, str], Resolution] = field(default_factory=dict)
 
 
-def _time(stamp: Timestamp, has: bool, fallback: datetime) -> datetime:
-    return stamp.ToDatetime(tzinfo=UTC) if has else fallback
-
-
 def _request_id(value: str) -> UUID:
     try:
         return UUID(value)
@@ -225,9 +219,7 @@ def _request_id(value: str) -> UUID:
 def _first_sent(
     message: subprocessors_pb2.DeliveryAcknowledged | subprocessors_pb2.DeliveryDeadLettered,
 ) -> datetime | None:
-    if not message.HasField("first_sent_at"):
-        return None
-    return message.first_sent_at.ToDatetime(tzinfo=UTC)
+    return field_time(message, "first_sent_at", None)
 
 
 def _keep_resolution(batch: _TenantBatch, resolution: Resolution) -> None:
@@ -250,7 +242,7 @@ def _parse(events: Sequence[ReceivedEvent]) -> dict[UUID, _TenantBatch]:
                 request_id,
                 message.subject_ref,
                 message.service,
-                _time(message.completed_at, message.HasField("completed_at"), event.time),
+                field_time(message, "completed_at", event.time),
                 tuple(message.erased),
             )
             key = (request_id, completion.subject_ref, completion.service)
@@ -261,14 +253,14 @@ def _parse(events: Sequence[ReceivedEvent]) -> dict[UUID, _TenantBatch]:
                 request_id,
                 message.subject_ref,
                 message.service,
-                _time(message.ready_at, message.HasField("ready_at"), event.time),
+                field_time(message, "ready_at", event.time),
                 sealed_part=message.sealed_part,
             )
             key = (request_id, completion.subject_ref, completion.service)
             batches[tenant].completions.setdefault(key, completion)
         elif isinstance(message, subprocessors_pb2.RecipientsSelected) and message.request_id:
             request_id = _request_id(message.request_id)
-            selected_at = _time(message.selected_at, message.HasField("selected_at"), event.time)
+            selected_at = field_time(message, "selected_at", event.time)
             batch = batches[tenant]
             previous = batch.selections.get((request_id, message.subject_ref))
             recipients = tuple(dict.fromkeys(message.recipient_ids))
@@ -284,7 +276,7 @@ def _parse(events: Sequence[ReceivedEvent]) -> dict[UUID, _TenantBatch]:
                 message.subject_ref,
                 message.recipient_id,
                 ACKNOWLEDGED,
-                _time(message.acknowledged_at, message.HasField("acknowledged_at"), event.time),
+                field_time(message, "acknowledged_at", event.time),
                 message.webhook_id,
                 _first_sent(message),
                 message.attempts,
@@ -297,7 +289,7 @@ def _parse(events: Sequence[ReceivedEvent]) -> dict[UUID, _TenantBatch]:
                 message.subject_ref,
                 message.recipient_id,
                 DEAD_LETTERED,
-                _time(message.dead_lettered_at, message.HasField("dead_lettered_at"), event.time),
+                field_time(message, "dead_lettered_at", event.time),
                 message.webhook_id,
                 _first_sent(message),
                 message.attempts,

@@ -20,13 +20,12 @@ from datetime import datetime
 from uuid import UUID
 
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from consentry.consent.db import set_tenant
 from consentry.eventing import catalogue, outbox
 from consentry.eventing.db import Connection
 from consentry.eventing.directory import subject_key_context
-from consentry.eventing.envelope import Event
+from consentry.eventing.envelope import Event, to_timestamp
 from consentry.eventing.sealing import Sealer
 from consentry.tenant.v1 import tenant_pb2
 
@@ -46,12 +45,6 @@ WHERE k.tenant_id = $1
 ORDER BY k.created_at, k.id
 FOR SHARE OF k
 """
-
-
-def _timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def _event(
@@ -81,7 +74,7 @@ def provisioned_event(
         tenant_id=str(tenant_id),
         name=name,
         wrapped_subject_key=directory.seal(subject_key, context=subject_key_context(tenant_id)),
-        provisioned_at=_timestamp(provisioned_at),
+        provisioned_at=to_timestamp(provisioned_at),
     )
     return _event(tenant_id, catalogue.TENANT_PROVISIONED, message, provisioned_at)
 
@@ -100,7 +93,7 @@ def key_issued_event(
         key_id=key_id,
         scopes=sorted(scopes),
         secret_sha256=secret_hash,
-        issued_at=_timestamp(issued_at),
+        issued_at=to_timestamp(issued_at),
     )
     return _event(tenant_id, catalogue.API_KEY_ISSUED, message, issued_at)
 
@@ -108,7 +101,7 @@ def key_issued_event(
 def key_revoked_event(*, tenant_id: UUID, key_id: str, revoked_at: datetime) -> Event:
     """`consentry.tenant.api_key_revoked.v1`."""
     message = tenant_pb2.ApiKeyRevoked(
-        tenant_id=str(tenant_id), key_id=key_id, revoked_at=_timestamp(revoked_at)
+        tenant_id=str(tenant_id), key_id=key_id, revoked_at=to_timestamp(revoked_at)
     )
     return _event(tenant_id, catalogue.API_KEY_REVOKED, message, revoked_at)
 

@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from uuid import UUID
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from consentry.consent.v1 import consent_pb2, policy_pb2
 from consentry.eventing import kafka, topics
 from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection, create_pool, set_tenant
-from consentry.eventing.envelope import PoisonMessage, ReceivedEvent
+from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, field_time
 from consentry.preferences.consentcopy import repository
 from consentry.preferences.settings import ConsentFollowerSettings
 
@@ -67,15 +65,6 @@ class _TenantChanges:
 MAX_SUBJECT_VERSION = 2**63 - 1
 
 
-def _time(stamp: Timestamp, present: bool, fallback: datetime) -> datetime:
-    if not present:
-        return fallback
-    try:
-        return stamp.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise PoisonMessage("schema-violation", "a timestamp is out of range") from None
-
-
 def _decision_row(event: ReceivedEvent, decision: consent_pb2.ConsentDecision) -> DecisionRow:
     if decision.subject_version > MAX_SUBJECT_VERSION:
         raise PoisonMessage("schema-violation", "subject_version is out of range")
@@ -85,7 +74,7 @@ def _decision_row(event: ReceivedEvent, decision: consent_pb2.ConsentDecision) -
         isinstance(event.message, consent_pb2.ConsentGiven),
         decision.subject_version,
         decision.policy_version,
-        _time(decision.occurred_at, decision.HasField("occurred_at"), event.time),
+        field_time(decision, "occurred_at", event.time),
     )
 
 
@@ -101,7 +90,7 @@ async def apply_events(conn: Connection, events: Sequence[ReceivedEvent]) -> Non
         elif isinstance(message, policy_pb2.PolicyEffective):
             policy = message.policy
             # (ce_time of PolicyEffective is the effective instant too)
-            effective_at = _time(policy.effective_at, policy.HasField("effective_at"), event.time)
+            effective_at = field_time(policy, "effective_at", event.time)
             tenant = changes.setdefault(UUID(event.tenant_id), _TenantChanges())
             tenant.take_effect(policy.version, effective_at)
     for tenant_id, tenant in sorted(changes.items()):

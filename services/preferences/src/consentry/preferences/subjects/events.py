@@ -7,10 +7,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from consentry.eventing import catalogue
-from consentry.eventing.envelope import Event
+from consentry.eventing.envelope import Event, to_timestamp
 from consentry.preferences.subjects.models import Method
 from consentry.preferences.v1 import preferences_pb2
 
@@ -20,12 +18,6 @@ METHODS = {
     Method.ONE_CLICK: preferences_pb2.PREFERENCE_METHOD_ONE_CLICK,
     Method.PREFERENCE_CENTER: preferences_pb2.PREFERENCE_METHOD_PREFERENCE_CENTER,
 }
-
-
-def _timestamp(at: datetime) -> Timestamp:
-    timestamp = Timestamp()
-    timestamp.FromDatetime(at)
-    return timestamp
 
 
 def _event(
@@ -67,7 +59,7 @@ def updated(
             for topic, channel, subscribed, category in changes
         ],
         method=METHODS[method],
-        occurred_at=_timestamp(at),
+        occurred_at=to_timestamp(at),
     )
     return _event(catalogue.PREFERENCES_UPDATED, tenant_id, subject_ref, message, at)
 
@@ -90,7 +82,7 @@ def unsubscribed(
         topic=topic or "",
         channels=sorted(channels),
         method=METHODS[method],
-        occurred_at=_timestamp(at),
+        occurred_at=to_timestamp(at),
         all_marketing=topic is None,
     )
     return _event(catalogue.PREFERENCES_UNSUBSCRIBED, tenant_id, subject_ref, message, at)
