@@ -17,7 +17,7 @@ PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproje
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install proto lint fmt test run bench clean
+.PHONY: help install proto lint lint-deploy fmt test run bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,14 +40,18 @@ proto: $(INSTALLED) ## (re)generate the protobuf code into proto/gen (not commit
 	$(UV) run --frozen python proto/generate.py
 	@touch $(PROTO_STAMP)
 
-lint: install ## ruff, ruff format --check, mypy --strict, buf lint and buf breaking
+lint: install ## ruff, ruff format --check, mypy --strict, buf lint and buf breaking, lint-deploy
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
-	$(UV) run --frozen mypy libs/*/src libs/*/tests services/*/src services/*/tests tests $(wildcard bench) proto/generate.py
+	$(UV) run --frozen mypy libs/*/src libs/*/tests services/*/src services/*/tests tests $(wildcard bench) proto/generate.py $(wildcard scripts/*.py)
 	cd proto && $(UV) run --frozen buf lint
 	@if git rev-parse --verify --quiet main >/dev/null && git cat-file -e main:proto/buf.yaml 2>/dev/null; then \
 	  echo "buf breaking against main"; cd proto && $(UV) run --frozen buf breaking --against '../.git#branch=main,subdir=proto'; \
 	else echo "buf breaking: no main with proto/ to compare with yet"; fi
+	@$(MAKE) lint-deploy
+
+lint-deploy: install ## validate the Dockerfile, deploy/compose and deploy/k8s (offline; see deploy/README.md)
+	$(UV) run --frozen python scripts/lint_deploy.py
 
 fmt: install ## format and autofix
 	$(UV) run --frozen ruff format .
