@@ -1,4 +1,4 @@
-"""Running a long-lived worker process: stop cleanly on SIGTERM/SIGINT."""
+"""Running a long-lived worker process: stop cleanly on SIGTERM/SIGINT; metrics on a port."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 
+from consentry.eventing import metrics
 from consentry.eventing.logs import get_logger
+from consentry.eventing.settings import load_settings
 
 log = get_logger(__name__)
 
@@ -26,5 +28,10 @@ async def _run(worker: Worker) -> None:
 
 
 def run_worker(worker: Worker) -> None:
-    """Run `worker(stop)` until it returns; SIGTERM or SIGINT sets `stop`."""
+    """Run `worker(stop)` until it returns; SIGTERM or SIGINT sets `stop`. With
+    `CONSENTRY_METRICS_PORT` set, the process's metrics are served there (`GET /metrics`)."""
+    settings = load_settings(metrics.MetricsSettings)
+    server = metrics.serve_metrics(settings)
+    if server is not None:
+        log.info("serving metrics", port=server.server_port)
     asyncio.run(_run(worker))

@@ -11,6 +11,9 @@ partition, so its retries do not reorder records of one key.
 Published rows are kept for `retention` so they can be replayed (`replay`) after a broker lost
 its data or for a new consumer, then deleted.
 
+After a pass (at most once per `poll_interval`) it sets `consentry_outbox_backlog` and
+`consentry_outbox_oldest_age_seconds` from the unpublished rows left.
+
 The relay wakes on `NOTIFY eventing_outbox` (sent at commit by a trigger) and also polls every
 `poll_interval` seconds, so a missed notification only adds latency.
 """
@@ -27,7 +30,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from pydantic import Field
 
-from consentry.eventing import kafka
+from consentry.eventing import kafka, metrics
 from consentry.eventing.db import Connection
 from consentry.eventing.logs import get_logger
 from consentry.eventing.settings import DatabaseSettings, KafkaSettings
@@ -113,11 +116,17 @@ class OutboxRelay:
     """The relay process's loop: wait for leadership, then publish on notify or poll."""
 
     def __init__(
-        self, dsn: str, producer: AIOKafkaProducer, options: RelayOptions | None = None
+        self,
+        dsn: str,
+        producer: AIOKafkaProducer,
+        options: RelayOptions | None = None,
+        service: str | None = None,
     ) -> None:
         self._dsn = dsn
         self._producer = producer
         self._options = options or RelayOptions()
+        # `service` label of the backlog gauges (default: CONSENTRY_SERVICE_NAME)
+        self._service = metrics.service_name() if service is None else service
         self._wake = asyncio.Event()
         self.published = 0
 
@@ -145,10 +154,14 @@ class OutboxRelay:
             log.info("relay active")
             await conn.add_listener("eventing_outbox", self._on_notify)
             last_purge = 0.0
+            last_measure = float("-inf")
             while not stop.is_set():
                 self._wake.clear()
                 published = await publish_pending(conn, self._producer, self._options.batch_size)
                 self.published += published
+                if time.monotonic() - last_measure >= self._options.poll_interval:
+                    await self._measure(conn)  # at most once per poll interval
+                    last_measure = time.monotonic()
                 if published >= self._options.batch_size:
                     continue  # more waiting: no sleep
                 if time.monotonic() - last_purge > self._options.purge_interval:
@@ -159,6 +172,12 @@ class OutboxRelay:
                 await self._wait(stop)
         finally:
             await asyncio.shield(conn.close(timeout=5))
+
+    async def _measure(self, conn: Connection) -> None:
+        """Set the backlog gauges from the unpublished rows left after a pass."""
+        rows, age = await backlog(conn)
+        metrics.OUTBOX_BACKLOG.labels(self._service).set(rows)
+        metrics.OUTBOX_OLDEST_AGE.labels(self._service).set(age)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()

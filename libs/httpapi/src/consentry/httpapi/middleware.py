@@ -1,4 +1,4 @@
-"""ASGI middleware: request log by route template, and a request-body size limit."""
+"""ASGI middleware: request log and metrics by route template, and a request-body size limit."""
 
 from __future__ import annotations
 
@@ -10,17 +10,23 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from consentry.eventing import metrics
 from consentry.eventing.logs import get_logger
 
 log = get_logger("consentry.http")
 
+# Metric label values: any other method (a client may send anything) counts as OTHER.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class RequestLog:
-    """Logs method, route template, status and duration: never the raw path or query,
-    which may contain a subject identifier."""
+    """Logs method, route template, status and duration, and counts them in
+    `consentry_http_requests_total` / `consentry_http_request_duration_seconds` labelled
+    `service`: never the raw path or query, which may contain a subject identifier."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, service: str = "") -> None:
         self.app = app
+        self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,12 +46,17 @@ class RequestLog:
         finally:
             route = scope.get("route")
             template: Any = getattr(route, "path", None) or "(unmatched)"
+            duration = time.perf_counter() - started
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            labels = (self.service, template, method, str(status))
+            metrics.HTTP_REQUESTS.labels(*labels).inc()
+            metrics.HTTP_DURATION.labels(*labels).observe(duration)
             log.info(
                 "request",
                 method=scope["method"],
                 route=template,
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(duration * 1000, 2),
             )
 
 

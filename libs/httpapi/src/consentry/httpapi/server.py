@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from uuid import UUID
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import Field, SecretStr, model_validator
 
+from consentry.eventing import metrics
 from consentry.eventing.settings import ConsentrySettings, Environment
 from consentry.httpapi import problems
 from consentry.httpapi.middleware import BodySizeLimit, RequestLog
@@ -102,11 +105,17 @@ def health_router(readiness: dict[str, Check]) -> APIRouter:
 def harden(
     app: FastAPI, settings: HttpSettings, body_limits: Mapping[str, int] | None = None
 ) -> FastAPI:
-    """Install problem details, the request log and the body-size limit on `app`
-    (`body_limits`: other limits for exact paths, e.g. batch endpoints)."""
+    """Install problem details, the request log and metrics, the body-size limit and
+    `GET /metrics` (Prometheus text, no personal data) on `app` (`body_limits`: other limits
+    for exact paths, e.g. batch endpoints)."""
     problems.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.http_max_body_bytes, per_path=body_limits)
-    app.add_middleware(RequestLog)
+    app.add_middleware(RequestLog, service=metrics.service_name())
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:  # sync: collection runs in the thread pool
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE_LATEST)
+
     return app
 
 
@@ -131,6 +140,10 @@ def serve(
     if settings.http_workers > 1:
         if factory is None:
             raise ValueError("http_workers > 1 needs the app factory's import path")
+        # One scrape reaches one worker: they share their metrics through files there.
+        os.environ.setdefault(
+            metrics.MULTIPROCESS_DIR_ENV, tempfile.mkdtemp(prefix="consentry-metrics-")
+        )
         uvicorn.run(factory, factory=True, workers=settings.http_workers, **options)
         return
     uvicorn.Server(uvicorn.Config(app, **options)).run()
