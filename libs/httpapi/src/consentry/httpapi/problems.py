@@ -155,6 +155,24 @@ async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _on_data_error(request: Request, exc: Exception) -> JSONResponse:
+    # SQLSTATE class 22 (also asyncpg's own check of query arguments): a value that passed
+    # validation but that PostgreSQL cannot hold, e.g. an integer beyond 64 bits or text with
+    # a NUL character. The transaction rolled back; the value is not echoed.
+    assert isinstance(exc, asyncpg.DataError)
+    log.warning(
+        "value refused by the database", route=route_template(request), sqlstate=exc.sqlstate
+    )
+    return problem_response(
+        request,
+        422,
+        "invalid-value",
+        "A value cannot be stored",
+        "a value is out of range or not representable (e.g. an integer beyond 64 bits, or "
+        "text with a NUL character); nothing was recorded",
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", route=route_template(request))
     return problem_response(request, 500, "internal-error", "Internal error")
@@ -167,4 +185,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http)
     for error in UNAVAILABLE:
         app.add_exception_handler(error, _on_unavailable)
+    app.add_exception_handler(asyncpg.DataError, _on_data_error)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -11,6 +11,7 @@ from typing import TypeVar
 import asyncpg
 import typer
 from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 
 from consentry.eventing import relay
 from consentry.eventing.db import Pool, create_pool
@@ -24,6 +25,7 @@ from consentry.eventing.settings import (
     load_settings,
 )
 from consentry.httpapi.auth import DevKeyResolver, KeyResolver
+from consentry.httpapi.openapi import document_problems
 from consentry.httpapi.ratelimit import KeyRateLimiter
 from consentry.httpapi.server import DevAuthSettings, HttpSettings, harden, health_router, serve
 
@@ -75,7 +77,8 @@ def create_service_app(
     key_resolver: Callable[[Pool, A], KeyResolver] | None = None,
     body_limits: Mapping[str, int] | None = None,
 ) -> FastAPI:
-    """A hardened FastAPI app with a database pool, API-key auth, health and `routers`.
+    """A hardened FastAPI app with a database pool, API-key auth, health and `routers`; its
+    OpenAPI documents the problem answers (`consentry.httpapi.openapi`).
 
     `key_resolver(pool, settings)` builds `app.state.key_resolver` once the pool exists
     (before `on_startup`); the default accepts the development key only. `on_shutdown` runs
@@ -108,9 +111,13 @@ def create_service_app(
     async def database_ready() -> None:
         await app.state.pool.fetchval("SELECT 1")
 
-    app.include_router(health_router({"database": database_ready}))
+    health = health_router({"database": database_ready})
+    app.include_router(health)
     for router in routers:
         app.include_router(router)
+    document_problems(
+        app, skip_paths=[route.path for route in health.routes if isinstance(route, APIRoute)]
+    )
     return harden(app, settings, body_limits)
 
 

@@ -71,7 +71,11 @@ async def entries(
     )
 
 
-@router.get("/checkpoints/latest", response_model=CheckpointOut)
+@router.get(
+    "/checkpoints/latest",
+    response_model=CheckpointOut,
+    responses={404: {"description": "`no-checkpoint`: the chain has no signed checkpoint yet"}},
+)
 async def latest_checkpoint(request: Request, principal: AuditRead) -> CheckpointOut:
     """The newest signed checkpoint of the caller's tenant chain."""
     async with _pool(request).acquire() as conn:
@@ -100,7 +104,10 @@ async def inclusion_proof(
         return await _proof(proofs.inclusion(conn, principal.tenant_id, seq, tree_size))
 
 
-@router.get("/consistency")
+@router.get(
+    "/consistency",
+    responses={404: {"description": "`proof-not-available`: no checkpoint of such a size"}},
+)
 async def consistency_proof(
     request: Request,
     principal: AuditRead,

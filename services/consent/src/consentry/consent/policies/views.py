@@ -21,7 +21,15 @@ VersionId = Annotated[
 ]
 
 
-@router.post("", response_model=PolicyVersionOut, status_code=201)
+@router.post(
+    "",
+    response_model=PolicyVersionOut,
+    status_code=201,
+    responses={
+        409: {"description": "`policy-version-exists` or `tenant-calendar-invalid`"},
+        422: {"description": "refused: see the problem `type` (docs/problems.md)"},
+    },
+)
 async def publish_version(
     request: Request, principal: PolicyAdmin, pool: PoolDep, version: PolicyVersionIn
 ) -> PolicyVersionOut:

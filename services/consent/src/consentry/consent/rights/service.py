@@ -591,7 +591,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
             "validation-error",
             "The request is not valid",
             "cursor is not one this API returned",
-            errors=[{"location": "query.cursor", "message": "not a valid cursor"}],
+            errors=[{"location": ["query", "cursor"], "message": "not a valid cursor"}],
         ) from None
 
 

@@ -44,7 +44,11 @@ async def get_preferences(
         return await service.view(conn, tenant_id=principal.tenant_id, subject_ref=ref)
 
 
-@router.patch("/preferences", response_model=PreferencesView)
+@router.patch(
+    "/preferences",
+    response_model=PreferencesView,
+    responses={409: {"description": "`marketing-consent-required`: nothing is written"}},
+)
 async def change_preferences(
     request: Request,
     principal: PreferencesWrite,

@@ -30,7 +30,10 @@ async def get_topic(principal: PreferencesRead, pool: PoolDep, name: TopicName) 
 @router.put(
     "/{name}",
     response_model=TopicOut,
-    responses={201: {"model": TopicOut, "description": "created"}},
+    responses={
+        201: {"model": TopicOut, "description": "created"},
+        409: {"description": "`topic-category-fixed`: the topic exists with another category"},
+    },
 )
 async def put_topic(
     request: Request,

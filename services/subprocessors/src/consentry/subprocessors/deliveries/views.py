@@ -27,6 +27,13 @@ RequestId = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z
 @router.post(
     "/v1/acknowledgements",
     response_model=Acknowledgement,
+    responses={
+        401: {
+            "description": "`invalid-signature` or `stale-timestamp`: not signed with the "
+            "recipient's secret, or signed outside the tolerance"
+        },
+        404: {"description": "`delivery-not-found`: no delivery has this webhook id"},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,

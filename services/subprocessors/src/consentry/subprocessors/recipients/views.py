@@ -3,7 +3,7 @@ service). Answers that carry a signing secret are marked `Cache-Control: no-stor
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Response
@@ -22,8 +22,12 @@ from consentry.subprocessors.recipients.models import (
 router = APIRouter(prefix="/v1/recipients", tags=["recipients"])
 RecipientId = Annotated[UUID, Path(description="the recipient's id")]
 
+_NAME_TAKEN: dict[int | str, dict[str, Any]] = {
+    409: {"description": "`recipient-name-taken`: the tenant has a recipient of this name"}
+}
 
-@router.post("", status_code=201, response_model=CreatedRecipient)
+
+@router.post("", status_code=201, response_model=CreatedRecipient, responses=_NAME_TAKEN)
 async def create_recipient(
     principal: TenantAdmin,
     pool: PoolDep,
@@ -56,7 +60,7 @@ async def get_recipient(
     return await service.get(pool, tenant_id=principal.tenant_id, recipient_id=recipient_id)
 
 
-@router.patch("/{recipient_id}", response_model=Recipient)
+@router.patch("/{recipient_id}", response_model=Recipient, responses=_NAME_TAKEN)
 async def change_recipient(
     principal: TenantAdmin,
     pool: PoolDep,

@@ -1,0 +1,29 @@
+"""The consent API under schemathesis (no 5xx, every answer as documented) and mass
+assignment of server-owned fields."""
+
+from __future__ import annotations
+
+import asyncpg
+import httpx
+
+from consentry.consent.app import create_app
+from consentry.consent.settings import ApiSettings
+from consentry.httpapi.testing import fuzz_openapi, mass_assignment_failures
+
+from .conftest import API_KEY
+
+
+def test_every_operation_answers_as_documented(api_settings: ApiSettings) -> None:
+    failures = fuzz_openapi(
+        create_app(api_settings),
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert not failures, "\n\n".join(failures)
+
+
+async def test_server_owned_fields_are_refused(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    probes, failures = await mass_assignment_failures(client, db)
+    assert len(probes) >= 10  # every JSON write body of the API
+    assert not failures, "\n".join(failures)
