@@ -180,7 +180,19 @@ async def _topic_label(pool: Pool, keys: TenantKeys, topic: str | None, lang: st
     return topic if found is None else found.label(lang)
 
 
-@router.get("/u/{token}", response_class=HTMLResponse, summary="Unsubscribe: confirm")
+# The pages' error answers (an HTML page for browsers, problem+json for API clients).
+_LINK_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "`invalid-link`: forged, altered or of another tenant or purpose"},
+    410: {"description": "`link-expired`: the link's time is over"},
+}
+
+
+@router.get(
+    "/u/{token}",
+    response_class=HTMLResponse,
+    summary="Unsubscribe: confirm",
+    responses=_LINK_ERRORS,
+)
 async def confirm_unsubscribe(request: Request, token: str, lang: LangQuery = None) -> Response:
     """A page that explains what stops and asks to confirm; GET itself changes nothing."""
     try:
@@ -199,7 +211,15 @@ async def confirm_unsubscribe(request: Request, token: str, lang: LangQuery = No
     )
 
 
-@router.post("/u/{token}", response_class=HTMLResponse, summary="Unsubscribe: one click")
+@router.post(
+    "/u/{token}",
+    response_class=HTMLResponse,
+    summary="Unsubscribe: one click",
+    responses={
+        **_LINK_ERRORS,
+        400: {"description": "`one-click-body-required`: not `List-Unsubscribe=One-Click`"},
+    },
+)
 async def one_click_unsubscribe(request: Request, token: str, lang: LangQuery = None) -> Response:
     """RFC 8058 one-click unsubscribe: the body must be `List-Unsubscribe=One-Click`
     (form-urlencoded or multipart/form-data). Idempotent: a replay answers the same."""
@@ -332,7 +352,12 @@ def _render_center(
     )
 
 
-@router.get("/p/{token}", response_class=HTMLResponse, summary="The preference center")
+@router.get(
+    "/p/{token}",
+    response_class=HTMLResponse,
+    summary="The preference center",
+    responses=_LINK_ERRORS,
+)
 async def preference_center(
     request: Request,
     token: str,
@@ -411,7 +436,12 @@ def _labels(topics: Mapping[str, TopicOut], names: Iterable[str], lang: str) -> 
     return ", ".join(topics[name].label(lang) if name in topics else name for name in names)
 
 
-@router.post("/p/{token}", response_class=HTMLResponse, summary="The preference center: save")
+@router.post(
+    "/p/{token}",
+    response_class=HTMLResponse,
+    summary="The preference center: save",
+    responses={**_LINK_ERRORS, 400: {"description": "`bad-form`: the form is not valid"}},
+)
 async def save_preferences(request: Request, token: str, lang: LangQuery = None) -> Response:
     """Apply the form (or "unsubscribe from all marketing") and redirect (303) to the page."""
     try:
