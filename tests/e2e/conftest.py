@@ -99,6 +99,10 @@ async def stack(pg_server_dsn: str, e2e_bootstrap: str, log_dir: Path) -> AsyncI
             await drop_database(pg_server_dsn, name)
 
 
+# What the relay logs once it holds the outbox lock and publishes.
+RELAY_ACTIVE = "relay active"
+
+
 class Worker:
     """A service's worker as a real process the test can kill -9 and restart."""
 
@@ -116,11 +120,22 @@ class Worker:
         }
         self.process: asyncio.subprocess.Process | None = None
 
-    async def start(self) -> None:
+    async def start(self, ready: str | None = None, seconds: float = 120) -> None:
+        """Start the process; with `ready`, wait until its log gains that line (a busy
+        machine takes many seconds to import and connect: tests time their own work only)."""
+        offset = self._log.stat().st_size if self._log.exists() else 0
         with self._log.open("ab") as log:  # the child keeps its own descriptor
             self.process = await asyncio.create_subprocess_exec(
                 *self._argv, env=self._env, stdout=log, stderr=asyncio.subprocess.STDOUT
             )
+        if ready is None:
+            return
+        async with asyncio.timeout(seconds):
+            while ready not in self._log.read_text(errors="replace")[offset:]:
+                if self.process.returncode is not None:
+                    tail = self._log.read_text(errors="replace")[offset:][-2000:]
+                    pytest.fail(f"{self._argv[2:]} exited ({self.process.returncode}): {tail}")
+                await asyncio.sleep(0.1)
 
     async def kill(self, sig: int = signal.SIGKILL) -> int:
         assert self.process is not None
@@ -145,7 +160,7 @@ async def appender(stack: DevStack, log_dir: Path) -> AsyncIterator[Worker]:
 async def relay(stack: DevStack, appender: Worker, log_dir: Path) -> AsyncIterator[Worker]:
     """The consent relay (and, through its fixture, the audit appender) running."""
     relay = Worker("consent", "relay", stack.database_dsn("consent"), stack.bootstrap, log_dir)
-    await relay.start()
+    await relay.start(ready=RELAY_ACTIVE)
     yield relay
     if relay.process is not None:
         await relay.kill(signal.SIGTERM)
@@ -207,7 +222,7 @@ async def audit_api(stack: DevStack) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def wait_until_completed(
-    consent_api: httpx.AsyncClient, request_id: str, seconds: float = 60
+    consent_api: httpx.AsyncClient, request_id: str, seconds: float = 120
 ) -> dict[str, Any]:
     """Poll a rights request until it is completed; its last status document."""
     state: dict[str, Any] = {}

@@ -25,7 +25,7 @@ from consentry.devstack.stack import DevStack
 from consentry.eventing import topics
 from consentry.eventing.testing import collect, header
 
-from .conftest import Worker
+from .conftest import RELAY_ACTIVE, Worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -71,7 +71,7 @@ async def audit_entries(api: httpx.AsyncClient) -> list[dict[str, object]]:
 
 
 async def wait_for_entries(
-    api: httpx.AsyncClient, refs: set[str], count: int, seconds: float = 30
+    api: httpx.AsyncClient, refs: set[str], count: int, seconds: float = 90
 ) -> list[dict[str, object]]:
     """Poll the audit API until it holds `count` entries of the subjects `refs`."""
     async with asyncio.timeout(seconds):
@@ -221,7 +221,7 @@ async def test_relay_killed_mid_stream_loses_nothing_and_duplicates_nothing(
             "SELECT count(*) FROM eventing_outbox WHERE published_at IS NULL"
         )
         assert unpublished > 0  # the kill left work behind
-        await relay.start()
+        await relay.start(ready=RELAY_ACTIVE)
     finally:
         await conn.close()
 
@@ -288,7 +288,7 @@ async def test_the_appender_signs_checkpoints_that_verify_with_the_published_key
     await decide(consent_api, subject, "performance", "given")
     ref = await subject_ref(consent_api, subject)
     (entry,) = await wait_for_entries(audit_api, {ref}, 1)
-    async with asyncio.timeout(20):  # a checkpoint at least every 0.5 s while the tree grows
+    async with asyncio.timeout(60):  # a checkpoint at least every 0.5 s while the tree grows
         while True:
             response = await audit_api.get("/v1/audit/checkpoints/latest")
             if response.status_code == 200 and response.json()["tree_size"] >= entry["seq"]:
@@ -320,7 +320,7 @@ async def test_the_audit_topic_follower_verifies_the_live_chain(
         follow(stack.bootstrap, follower, f"follower-{uuid.uuid4().hex[:8]}", out)
     )
     try:
-        async with asyncio.timeout(30):  # until a checkpoint covering our entry has verified
+        async with asyncio.timeout(60):  # until a checkpoint covering our entry has verified
             while not any(
                 int(line.split("tree size ")[1].split(":")[0]) >= seq
                 for line in out.getvalue().splitlines()
@@ -351,7 +351,7 @@ async def test_appender_killed_mid_stream_leaves_no_gap_and_no_duplicate(
             await decide(consent_api, subject, purpose, "given")
 
     writers = asyncio.gather(*(write(subject) for subject in subjects))
-    async with asyncio.timeout(30):  # kill once the chain has grown, but not by everything
+    async with asyncio.timeout(60):  # kill once the chain has grown, but not by everything
         while (await audit_api.get("/v1/audit/verify")).json()["entries"] < before + 100:
             await asyncio.sleep(0.02)
     assert await appender.kill() == -9
@@ -361,7 +361,7 @@ async def test_appender_killed_mid_stream_leaves_no_gap_and_no_duplicate(
     await appender.start()
 
     refs = {await subject_ref(consent_api, subject) for subject in subjects}
-    await wait_for_entries(audit_api, refs, len(subjects) * len(purposes), seconds=60)
+    await wait_for_entries(audit_api, refs, len(subjects) * len(purposes), seconds=120)
     await asyncio.sleep(1.0)  # anything duplicated would arrive now
     entries = await audit_entries(audit_api)
     assert [int(str(e["seq"])) for e in entries] == list(range(1, len(entries) + 1))  # no gap
