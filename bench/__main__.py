@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import preferences_lists, subprocessor_webhooks
+from bench import preferences_lists, rights_erasure, rights_erasure_report, subprocessor_webhooks
 from bench.audit import BenchError
 from bench.rawhttp import ProtocolError
 from bench.run import Options, progress, run
@@ -185,6 +185,15 @@ def _add_lists_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip bench.subprocessor_webhooks (issue 6: erasure → verified webhooks)",
     )
+    rights = parser.add_argument_group("erasure end to end on the full stack (issue 6's targets)")
+    rights.add_argument(
+        "--skip-rights-erasure", action="store_true", help="skip bench.rights_erasure"
+    )
+    rights.add_argument(
+        "--rights-erasure-quick",
+        action="store_true",
+        help="its short form (5 s at 100 requests/s, a bulk erasure of 5,000 subjects)",
+    )
 
 
 def lists_options(argv: Sequence[str] | None, opts: Options) -> preferences_lists.Options | None:
@@ -212,10 +221,24 @@ def webhooks_options(
     return subprocessor_webhooks.Options(results_dir=opts.results_dir)
 
 
+def rights_options(argv: Sequence[str] | None, opts: Options) -> rights_erasure.Options | None:
+    """What to run of bench.rights_erasure (None: skip it)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_lists_arguments(parser)
+    args, _ = parser.parse_known_args(argv)
+    if args.skip_rights_erasure:
+        return None
+    quick = ["--quick"] if args.rights_erasure_quick else []
+    return rights_erasure.parse(
+        [*quick, "--results-dir", str(opts.results_dir), *(["--keep-logs"] * opts.keep_logs)]
+    )
+
+
 async def _main(
     opts: Options,
     lists: preferences_lists.Options | None = None,
     webhooks: subprocessor_webhooks.Options | None = None,
+    rights: rights_erasure.Options | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -244,6 +267,11 @@ async def _main(
             results = await subprocessor_webhooks.run(webhooks)
             with (opts.results_dir / "latest.md").open("a") as latest:
                 latest.write("\n" + subprocessor_webhooks.markdown(results, level=2))
+        if rights is not None:
+            progress("erasure end to end on the full stack (bench.rights_erasure)")
+            results = await rights_erasure.run(rights)
+            with (opts.results_dir / "latest.md").open("a") as latest:
+                latest.write("\n" + rights_erasure_report.markdown(results, level=2))
     except asyncio.CancelledError:
         if not received:
             raise
@@ -257,7 +285,14 @@ async def _main(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; return the exit code."""
     opts = parse(argv)
-    return asyncio.run(_main(opts, lists_options(argv, opts), webhooks_options(argv, opts)))
+    return asyncio.run(
+        _main(
+            opts,
+            lists_options(argv, opts),
+            webhooks_options(argv, opts),
+            rights_options(argv, opts),
+        )
+    )
 
 
 if __name__ == "__main__":

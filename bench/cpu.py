@@ -41,6 +41,9 @@ def role(proc: psutil.Process) -> str:
     for needles, label in _ROLES:
         if all(needle in cmdline for needle in needles):
             return label
+    service = _service_process(cmdline)
+    if service is not None:
+        return service
     if name.startswith("postgres") or (cmdline and cmdline[0].endswith("/postgres")):
         return "postgres"
     if "tansu" in name or any("tansu" in part for part in cmdline[:1]):
@@ -51,6 +54,14 @@ def role(proc: psutil.Process) -> str:
             if parent is not None:
                 return role(parent)
     return name
+
+
+def _service_process(cmdline: list[str]) -> str | None:
+    """`python -m consentry.<service> <command>` as "<service> <command>", else None."""
+    for at, part in enumerate(cmdline[:-2]):
+        if part == "-m" and cmdline[at + 1].startswith("consentry."):
+            return f"{cmdline[at + 1].removeprefix('consentry.')} {cmdline[at + 2]}"
+    return None
 
 
 OTHER = "other processes"  # everything on the machine that this benchmark did not start

@@ -47,10 +47,11 @@ def _body(status: str) -> bytes:
 
 
 class RequestBuilder:
-    """Pre-built request bytes for the consent and audit APIs of one `host:port`."""
+    """Pre-built request bytes for the APIs of one `host:port` (the development key unless
+    `api_key` is given)."""
 
-    def __init__(self, host: str, port: int) -> None:
-        common = f"Host: {host}:{port}\r\nAuthorization: Bearer {DEV_API_KEY}\r\n"
+    def __init__(self, host: str, port: int, api_key: str = DEV_API_KEY) -> None:
+        common = f"Host: {host}:{port}\r\nAuthorization: Bearer {api_key}\r\n"
         self._common = common.encode()
         self._put_tail: dict[str, bytes] = {}
         for status in ("given", "withdrawn"):
@@ -83,12 +84,20 @@ class RequestBuilder:
 
     def post(self, target: str, body: bytes) -> bytes:
         """`POST target` with a JSON `body` (target already encoded)."""
+        return self._with_body(b"POST ", target, body)
+
+    def _with_body(self, method: bytes, target: str, body: bytes) -> bytes:
         length = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        return b"POST " + target.encode() + b" HTTP/1.1\r\n" + self._common + length.encode() + body
+        return method + target.encode() + b" HTTP/1.1\r\n" + self._common + length.encode() + body
 
     def post_json(self, target: str, document: Any) -> bytes:
         """`POST target` with `document` as its JSON body."""
         return self.post(target, json.dumps(document, separators=(",", ":")).encode())
+
+    def put_json(self, target: str, document: Any) -> bytes:
+        """`PUT target` with `document` as its JSON body."""
+        body = json.dumps(document, separators=(",", ":")).encode()
+        return self._with_body(b"PUT ", target, body)
 
 
 class HttpConnection:

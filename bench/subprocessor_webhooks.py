@@ -32,20 +32,18 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import asyncpg
-import uvicorn
 from aiokafka import AIOKafkaProducer
-from standardwebhooks import Webhook
 
 from bench import cpu, report
 from bench.audit import BenchError
 from bench.stats import summary
+from bench.webhook_receivers import Receivers, serve
 from consentry.devstack.broker import TopicSpec, create_topics
 from consentry.devstack.postgres import drop_database, with_user
 from consentry.devstack.services import SERVICES, AppRole, Service, child_env
@@ -64,9 +62,6 @@ APP_ROLE = "consentry_subprocessors_app"
 GROUP_ROLE = "consentry_subprocessors_rw"
 DLQ = topics.dead_letter_topic("subprocessor-notifier")
 _FAILURES: tuple[type[BaseException], ...] = (BenchError, *STARTUP_FAILURES)
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,98 +97,6 @@ def _service() -> Service:
         processes=(),
         app_role=AppRole(login=APP_ROLE, member_of=GROUP_ROLE),
     )
-
-
-@dataclasses.dataclass
-class Receipt:
-    """One webhook a receiver got."""
-
-    at: float
-    recipient: int
-    webhook_id: str
-    request_id: str
-    verified: bool
-
-
-class Receivers:
-    """The recipients' endpoints (`/r/<n>`), an ASGI app served by uvicorn in this process."""
-
-    def __init__(self, secrets_: list[str], ack: bool) -> None:
-        self._hooks = [Webhook(secret) for secret in secrets_]
-        self._ack = ack
-        self.receipts: list[Receipt] = []
-        self.malformed = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Verify, record, answer (a signed acknowledgement, or 204)."""
-        if scope["type"] != "http":
-            return
-        at = time.time()
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        try:
-            recipient = int(scope["path"].rsplit("/", 1)[1])
-            hook = self._hooks[recipient]
-        except (ValueError, IndexError):
-            self.malformed += 1
-            await _answer(send, 404, b"", [])
-            return
-        try:
-            notice = hook.verify(body, headers)
-            verified = True
-        except Exception:
-            notice, verified = json.loads(body), False
-        message_id = headers.get("webhook-id", "")
-        self.receipts.append(
-            Receipt(at, recipient, message_id, str(notice.get("request_id", "")), verified)
-        )
-        if not self._ack or not verified:
-            await _answer(send, 204, b"", [])
-            return
-        answer = b'{"acknowledged":true}'
-        now = datetime.now(UTC)
-        await _answer(
-            send,
-            200,
-            answer,
-            [
-                (b"content-type", b"application/json"),
-                (b"webhook-id", message_id.encode()),
-                (b"webhook-timestamp", str(int(now.timestamp())).encode()),
-                (b"webhook-signature", hook.sign(message_id, now, answer.decode()).encode()),
-            ],
-        )
-
-
-async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-@contextlib.asynccontextmanager
-async def serve(app: Receivers, port: int) -> AsyncIterator[None]:
-    """The receivers on 127.0.0.1:`port` until the block ends (one server per recipient:
-    recipients are different hosts)."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            raise BenchError("the receivers did not start")
-        await asyncio.sleep(0.02)
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def register(dsn: str, tenant: uuid.UUID, ports: list[int]) -> list[str]:
@@ -302,12 +205,6 @@ def _rate(times: list[float]) -> float | None:
     return round((len(times) - 1) / max(1e-9, max(times) - min(times)), 1)
 
 
-def _arrived(receivers: Receivers, requests: set[str] | dict[str, Any]) -> int:
-    return len(
-        {(r.request_id, r.recipient) for r in receivers.receipts if r.request_id in requests}
-    )
-
-
 def figures(
     receivers: Receivers,
     sent: dict[str, tuple[float, float]],
@@ -317,9 +214,7 @@ def figures(
 ) -> dict[str, Any]:
     """Latencies (ms), losses and CPU from what was sent and received."""
     mine = [r for r in receivers.receipts if r.request_id in sent]
-    first: dict[tuple[str, int], Receipt] = {}
-    for receipt in sorted(mine, key=lambda r: r.at):
-        first.setdefault((receipt.request_id, receipt.recipient), receipt)
+    first = receivers.first_receipts(sent)
     per_webhook = [(r.at - sent[r.request_id][0]) * 1000 for r in first.values() if r.verified]
     per_webhook_acked = [
         (r.at - sent[r.request_id][1]) * 1000 for r in first.values() if r.verified
@@ -332,7 +227,6 @@ def figures(
             complete.append((max(r.at for r in got if r is not None) - at) * 1000)
         else:
             incomplete += 1
-    ids = Counter((r.request_id, r.recipient) for r in mine)
     t0, before, t1, after = window
     return {
         "requests": len(sent),
@@ -340,7 +234,7 @@ def figures(
         "webhooks_received": len(first),
         "webhooks_verified": sum(1 for r in first.values() if r.verified),
         "requests_incomplete": incomplete,
-        "repeated_deliveries": sum(n - 1 for n in ids.values() if n > 1),
+        "repeated_deliveries": receivers.repeats(sent),
         "distinct_webhook_ids": len({r.webhook_id for r in mine}),
         "achieved_rate": round(
             len(sent)
@@ -474,19 +368,7 @@ async def _run(
                 record.topic, record.value, key=record.key, headers=list(record.headers)
             )
         wanted = set(warm)
-        if not await _until(
-            lambda: (
-                len(
-                    {
-                        (r.request_id, r.recipient)
-                        for r in receivers.receipts
-                        if r.request_id in wanted
-                    }
-                )
-                >= len(warm) * opts.recipients
-            ),
-            120,
-        ):
+        if not await _until(lambda: receivers.arrived(wanted) >= len(warm) * opts.recipients, 120):
             raise BenchError("the warm-up webhooks did not all arrive within 120 s")
 
         progress(f"{opts.rate:g} erasure requests/s for {opts.duration:g} s")
@@ -494,19 +376,7 @@ async def _run(
         t0 = time.perf_counter()
         sent = await load(producer, tenant, opts)
         expected = len(sent) * opts.recipients
-        arrived = await _until(
-            lambda: (
-                len(
-                    {
-                        (r.request_id, r.recipient)
-                        for r in receivers.receipts
-                        if r.request_id in sent
-                    }
-                )
-                >= expected
-            ),
-            opts.timeout,
-        )
+        arrived = await _until(lambda: receivers.arrived(sent) >= expected, opts.timeout)
         t1 = time.perf_counter()
         after = _relabel(cpu.snapshot(), labels)
         if not arrived:
