@@ -216,9 +216,15 @@ async def test_stale_events_are_ignored(
             unsubscribed(tenant, a, 2, topic, ["email"]),
         ],
     )
-    marker = new_ref()  # produced after: once it is applied, so is everything before it
+    marker = new_ref()  # produced after (another key, maybe another partition: only a hint)
     await produce(kafka_bootstrap, [consent(tenant, marker, 1, given=True)])
     await eventually(lambda: versions(db, tenant, marker), lambda row: row is not None)
+    # The subject's two topics are read independently: wait for both newest versions (each
+    # topic's stale events follow them in the subject's partition).
+    await eventually(
+        lambda: versions(db, tenant, a),
+        lambda row: row is not None and row["consent_version"] == 5,
+    )
     row = await versions(db, tenant, a)
     assert row is not None
     assert (row["preferences_version"], row["consent_version"], row["marketing_consent"]) == (
