@@ -4,9 +4,10 @@
                                           [--recipients 3] [--bulk-subjects 100000]
 
 Starts the whole stack as `make run` does (`DevStack`: embedded PostgreSQL, the Tansu broker,
-every process of every service: consent api, relay, intake, policy-scheduler, rights,
-rights-tracker; audit appender, relay, api; preferences api, relay, directory,
-consent-follower, list-processor, rights; subprocessors api, relay, notifier, sender), then:
+every process of every service in `consentry.devstack.services.SERVICES`: consent api, relay,
+intake, policy-scheduler, rights, rights-tracker; audit appender, relay, api; preferences
+api, relay, directory, consent-follower, list-processor, rights; subprocessors api, relay,
+directory, notifier, sender), then:
 
 1. **A tenant as a user makes one**: `python -m consentry.consent create-tenant` with the
    consent database owner's DSN, then a scoped key from its admin key (`POST /v1/api-keys`),
@@ -931,12 +932,24 @@ async def run(opts: Options) -> dict[str, Any]:
     """Measure; write results/rights_erasure.{json,md}; return the results."""
     results = await measure(opts)
     opts.results_dir.mkdir(parents=True, exist_ok=True)
-    (opts.results_dir / "rights_erasure.json").write_text(
-        json.dumps(results, indent=2, default=str) + "\n"
-    )
+    (opts.results_dir / "rights_erasure.json").write_text(dump(results))
     (opts.results_dir / "rights_erasure.md").write_text(markdown(results))
     progress(f"wrote {opts.results_dir / 'rights_erasure.md'} (and .json)")
     return results
+
+
+_SERIES = '"series": "<series>"'
+
+
+def dump(results: dict[str, Any]) -> str:
+    """The results as indented JSON, with the bulk request's progress series one poll per
+    line (there is one per second)."""
+    bulk = results.get("bulk")
+    if not bulk:
+        return json.dumps(results, indent=2, default=str) + "\n"
+    text = json.dumps({**results, "bulk": {**bulk, "series": "<series>"}}, indent=2, default=str)
+    rows = ",\n".join(f"      {json.dumps(row)}" for row in bulk["series"])
+    return text.replace(_SERIES, f'"series": [\n{rows}\n    ]', 1) + "\n"
 
 
 def parse(argv: Sequence[str] | None = None) -> Options:

@@ -117,6 +117,49 @@ async def test_erasure_deletes_consents_own_data_and_fans_out_every_subject(
     assert progress["expected_services"] == ["consent", "preferences"]
 
 
+async def test_requests_are_fanned_out_concurrently_each_once(
+    client: httpx.AsyncClient,
+    published_policy: str,
+    pool: Pool,
+    db: asyncpg.Connection,
+    subject_key: bytes,
+) -> None:
+    names = [f"many-{n}" for n in range(6)]
+    for name in names:
+        await give(client, name, "performance")
+    # Two requests name the same subjects in opposite orders: they wait for each other's
+    # subject locks (taken in sorted order) instead of deadlocking.
+    named = [[names[0]], [names[1]], [names[2], names[3]], [names[3], names[2]], [names[4]]]
+    filed = [
+        await file(client, kind="erasure", requester="tenant", subject_ids=ids) for ids in named
+    ]
+    filed.append(await file(client, kind="erasure", requester="tenant", subject_id=names[5]))
+
+    assert await rights_pass(pool, now=datetime.now(UTC), concurrency=4) == 8
+
+    requested = messages(
+        await outbox_events(db, catalogue.ERASURE_REQUESTED), rights_pb2.ErasureRequested
+    )
+    per_request: dict[str, list[str]] = {}
+    for message in requested:
+        per_request.setdefault(message.request_id, []).append(message.subject_ref)
+    refs = [[pseudonymise(subject_key, name) for name in ids] for ids in [*named, [names[5]]]]
+    assert {f["id"]: sorted(r) for f, r in zip(filed, refs, strict=True)} == {
+        request_id: sorted(subjects) for request_id, subjects in per_request.items()
+    }
+    for name in names:
+        assert await rows_of(db, "consents", pseudonymise(subject_key, name)) == 0
+    fanned = await db.fetch(
+        "SELECT fanned_out, subject_count FROM rights_requests WHERE id = ANY($1::uuid[])",
+        [f["id"] for f in filed],
+    )
+    assert len(fanned) == len(filed)
+    assert all(row["fanned_out"] == row["subject_count"] for row in fanned)
+    # Nothing is sent twice.
+    assert await rights_pass(pool, now=datetime.now(UTC), concurrency=4) == 0
+    assert len(await outbox_events(db, catalogue.ERASURE_REQUESTED)) == 8
+
+
 async def test_the_ledger_stays_append_only_for_the_application(
     app_conn: asyncpg.Connection,
 ) -> None:
@@ -139,6 +182,20 @@ async def test_the_ledger_stays_append_only_for_the_application(
             )
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await app_conn.fetch("SELECT * FROM consentry_erase_subjects($1, $2)", TENANT_ID, ["x"])
+
+
+async def test_erasing_ledger_rows_checks_consents_by_index(db: asyncpg.Connection) -> None:
+    # Each deleted ledger row makes PostgreSQL look for consents still referencing it
+    # (consents.event_id): without an index leading with that column, a sequential scan per
+    # row (10.7 s instead of 0.09 s for 1,000 of 100,000 subjects; migration 0010).
+    leading = await db.fetchval(
+        """
+        SELECT count(*) FROM pg_index i
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        WHERE i.indrelid = 'consents'::regclass AND a.attname = 'event_id'
+        """
+    )
+    assert leading >= 1
 
 
 async def test_a_subjects_request_fans_out_only_after_identity_verification(

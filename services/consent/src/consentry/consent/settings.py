@@ -109,6 +109,13 @@ class RightsWorkerSettings(DatabaseSettings):
     rights_batch_size: int = Field(
         default=1000, ge=1, le=10_000, description="subjects fanned out per transaction"
     )
+    rights_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="requests worked on at once (each in its own transactions; the pool "
+        "must hold as many connections)",
+    )
     rights_due_soon_days: int = Field(
         default=5, ge=0, le=30, description="days before the due day a request is 'due soon'"
     )

@@ -148,10 +148,14 @@ async def fan_out_chunk(pool: Pool, *, tenant_id: UUID, request_id: UUID, batch_
 async def fan_out(pool: Pool, *, tenant_id: UUID, request_id: UUID, batch_size: int) -> int:
     """Fan out every subject left, chunk by chunk; return how many went out now."""
     total = 0
-    while chunk := await fan_out_chunk(
-        pool, tenant_id=tenant_id, request_id=request_id, batch_size=batch_size
-    ):
+    while True:
+        chunk = await fan_out_chunk(
+            pool, tenant_id=tenant_id, request_id=request_id, batch_size=batch_size
+        )
         total += chunk
+        # A short chunk was the last: no transaction to find out that nothing is left.
+        if chunk < batch_size:
+            break
     if total:
         log.info("rights request fanned out", tenant=str(tenant_id), request=str(request_id))
     return total
@@ -204,31 +208,42 @@ async def rights_pass(
     now: datetime,
     batch_size: int = DEFAULT_BATCH_SIZE,
     soon_days: int = DUE_SOON_DAYS,
+    concurrency: int = 1,
 ) -> int:
-    """One round: fan out what waits, then warn about deadlines; return subjects fanned out."""
+    """One round: fan out what waits, then warn about deadlines; return subjects fanned out.
+
+    Up to `concurrency` requests are worked on at once, each in its own transactions (every
+    chunk locks its own request row; subject rows and outbox keys are locked in sorted
+    order, so requests naming the same subjects wait for each other rather than deadlock):
+    many small requests are not held up behind each other's commits."""
     # Days are local: two days of margin cover any time zone's offset.
     horizon = now + timedelta(days=soon_days + 2)
     async with pool.acquire() as conn, conn.transaction():
         work = await repository.open_requests(conn, due_by=horizon)
-    fanned = 0
-    for item in work:
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(item: asyncpg.Record) -> int:
         tenant_id, request_id = item["tenant_id"], item["request_id"]
-        try:  # one request's trouble must not hold up the others
-            if item["fan_out"]:
-                fanned += await fan_out(
-                    pool, tenant_id=tenant_id, request_id=request_id, batch_size=batch_size
+        fanned = 0
+        async with slots:
+            try:  # one request's trouble must not hold up the others
+                if item["fan_out"]:
+                    fanned = await fan_out(
+                        pool, tenant_id=tenant_id, request_id=request_id, batch_size=batch_size
+                    )
+                await check_deadline(
+                    pool, tenant_id=tenant_id, request_id=request_id, now=now, soon_days=soon_days
                 )
-            await check_deadline(
-                pool, tenant_id=tenant_id, request_id=request_id, now=now, soon_days=soon_days
-            )
-        except TRANSIENT_ERRORS as exc:
-            log.warning(
-                "rights request work failed; retried next round",
-                tenant=str(tenant_id),
-                request=str(request_id),
-                error=repr(exc),
-            )
-    return fanned
+            except TRANSIENT_ERRORS as exc:
+                log.warning(
+                    "rights request work failed; retried next round",
+                    tenant=str(tenant_id),
+                    request=str(request_id),
+                    error=repr(exc),
+                )
+        return fanned
+
+    return sum(await asyncio.gather(*(one(item) for item in work)))
 
 
 async def run_rights_worker(settings: RightsWorkerSettings, stop: asyncio.Event) -> None:
@@ -247,6 +262,7 @@ async def run_rights_worker(settings: RightsWorkerSettings, stop: asyncio.Event)
                     now=datetime.now(UTC),
                     batch_size=settings.rights_batch_size,
                     soon_days=settings.rights_due_soon_days,
+                    concurrency=settings.rights_concurrency,
                 )
             except TRANSIENT_ERRORS as exc:
                 log.warning("rights pass failed; retrying", error=repr(exc))
