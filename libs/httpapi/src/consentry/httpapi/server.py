@@ -36,6 +36,14 @@ class HttpSettings(ConsentrySettings):
         description="processes serving the API on one port (uvicorn workers); each has its "
         "own database pool, caches and group-commit writer",
     )
+    http_keep_alive_seconds: int = Field(
+        default=75,
+        ge=1,
+        le=3600,
+        description="how long an idle keep-alive connection stays open; longer than the "
+        "clients' own idle expiry (httpx: 5 s), so a client never reuses a connection the "
+        "server is closing at that moment (a reset request)",
+    )
     http_rate_limit_per_second: float = Field(
         default=5_000.0,
         ge=0,
@@ -119,6 +127,20 @@ def harden(
     return app
 
 
+def uvicorn_options(settings: HttpSettings) -> dict[str, Any]:
+    """uvicorn's options for an API process (`serve`)."""
+    return {
+        "host": settings.http_host,
+        "port": settings.http_port,
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": False,
+        "server_header": False,
+        "lifespan": "on",
+        "timeout_keep_alive": settings.http_keep_alive_seconds,
+    }
+
+
 def serve(
     app: FastAPI | Callable[[], FastAPI], settings: HttpSettings, factory: str | None = None
 ) -> None:
@@ -128,15 +150,7 @@ def serve(
     imports `factory` (`"module:function"`, a function of no arguments that builds the app
     from the environment), so `factory` is then required.
     """
-    options: dict[str, Any] = {
-        "host": settings.http_host,
-        "port": settings.http_port,
-        "log_config": None,
-        "access_log": False,
-        "proxy_headers": False,
-        "server_header": False,
-        "lifespan": "on",
-    }
+    options = uvicorn_options(settings)
     if settings.http_workers > 1:
         if factory is None:
             raise ValueError("http_workers > 1 needs the app factory's import path")
