@@ -50,6 +50,7 @@ from bench import audit_ceiling, cpu, report
 from bench.audit import BenchError
 from bench.stats import summary
 from consentry.audit.chain.service import verify_tenant
+from consentry.audit.settings import AppenderSettings
 from consentry.audit.v1 import audit_pb2
 from consentry.devstack.postgres import drop_database, with_user
 from consentry.devstack.services import SERVICES, child_env
@@ -75,6 +76,8 @@ class Options:
     relay: bool = False
     batch_append: bool = True
     max_records: int | None = None  # None: the appender's default
+    pipeline: int | None = None  # None: the appender's default
+    lanes: int | None = None  # None: the appender's default
     checkpoint_every: int = 1000
     checkpoint_interval: float = 10.0
     ceiling_entries: int = 40_000
@@ -171,8 +174,13 @@ def _appender_env(stack: DevStack, opts: Options) -> dict[str, str]:
         "CONSENTRY_AUDIT_CHECKPOINT_EVERY": str(opts.checkpoint_every),
         "CONSENTRY_AUDIT_CHECKPOINT_INTERVAL_SECONDS": str(opts.checkpoint_interval),
     }
-    if opts.max_records is not None:
-        env["CONSENTRY_APPENDER_MAX_RECORDS"] = str(opts.max_records)
+    for name, value in (
+        ("MAX_RECORDS", opts.max_records),
+        ("PIPELINE", opts.pipeline),
+        ("LANES", opts.lanes),
+    ):
+        if value is not None:
+            env[f"CONSENTRY_APPENDER_{name}"] = str(value)
     return env
 
 
@@ -369,7 +377,12 @@ def markdown(results: dict[str, Any], level: int = 1) -> str:
     usage, per_entry = a["cpu_percent_of_one_core"], a["cpu_us_per_entry"]
     roles = [r for r in usage if r not in ("total", cpu.OTHER)]
     pg = m["postgresql"]
-    path = "batched append" if p["batch_append"] else "one audit_append() per event"
+    path = (
+        f"batched append: {_setting(p, 'max_records')} records per poll, "
+        f"{_setting(p, 'lanes')} lane(s), up to {_setting(p, 'pipeline')} batches in flight"
+        if p["batch_append"]
+        else "one append per event"
+    )
     relay = "running" if p["relay"] else "not running"
     title = "#" * level
     lines = [
@@ -435,6 +448,14 @@ def markdown(results: dict[str, Any], level: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _setting(parameters: dict[str, Any], name: str) -> int:
+    """An appender setting as the run used it: the bench's option, or the appender's default."""
+    value = parameters.get(name)
+    if value is None:
+        value = AppenderSettings.model_fields[f"appender_{name}"].default
+    return int(value)
+
+
 def _count(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
@@ -466,6 +487,8 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         "--per-record", action="store_true", help="the appender's per-record path, to compare"
     )
     parser.add_argument("--max-records", type=int, default=None, help="appender records per poll")
+    parser.add_argument("--pipeline", type=int, default=None, help="appender batches in flight")
+    parser.add_argument("--lanes", type=int, default=None, help="appender lanes (transactions)")
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--checkpoint-interval", type=float, default=d.checkpoint_interval)
     parser.add_argument(
@@ -478,6 +501,8 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     args = parser.parse_args(argv)
     if min(args.events, args.tenants, args.appenders, args.ceiling_batch) < 1:
         parser.error("--events, --tenants, --appenders and --ceiling-batch must be >= 1")
+    if any(v is not None and v < 1 for v in (args.max_records, args.pipeline, args.lanes)):
+        parser.error("--max-records, --pipeline and --lanes must be >= 1")
     return Options(
         events=args.events,
         tenants=args.tenants,
@@ -485,6 +510,8 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         relay=args.with_relay,
         batch_append=not args.per_record,
         max_records=args.max_records,
+        pipeline=args.pipeline,
+        lanes=args.lanes,
         checkpoint_every=args.checkpoint_every,
         checkpoint_interval=args.checkpoint_interval,
         ceiling_entries=args.ceiling_entries,

@@ -3,11 +3,12 @@ tree and audit-topic events of one append per event; idempotent by event id; sam
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest_asyncio
 from consentry.audit import worker
 from consentry.audit.__main__ import migrations
 from consentry.audit.chain import checkpoints, repository
+from consentry.audit.chain import events as chain_events
 from consentry.audit.chain.service import append_event, append_events, verify_tenant
 from consentry.audit.consentry_verify import (
     GENESIS,
@@ -26,7 +28,7 @@ from consentry.audit.consentry_verify import (
     verify_export,
 )
 from consentry.audit.v1 import audit_pb2
-from consentry.eventing import catalogue
+from consentry.eventing import catalogue, outbox
 from consentry.eventing.envelope import ReceivedEvent
 from consentry.eventing.migrations import migrate_dsn
 
@@ -285,3 +287,46 @@ async def test_after_a_batch_only_its_due_tenants_are_checkpointed(
     hour = timedelta(hours=1)
     assert await checkpoints.due_tenants(db, every=3, interval=hour) == [elsewhere]
     assert await checkpoints.due_tenants(db, every=3, interval=hour, among=[quiet]) == []
+
+
+async def test_the_queued_entry_appended_rows_are_those_outbox_add_would_write(
+    db: asyncpg.Connection,
+) -> None:
+    """The batch path builds its EntryAppended outbox rows in SQL from one envelope per
+    tenant; each row is, column for column, `outbox.columns` of its event."""
+    events = script(40)
+    async with db.transaction():
+        await append_events(db, events[:25])
+    async with db.transaction():
+        await append_events(db, events[20:])  # five of them again: no second row
+    rows = await db.fetch(
+        "SELECT event_id, topic, message_key, event_type, headers, payload"
+        " FROM eventing_outbox ORDER BY position"
+    )
+    assert len(rows) == len(events)
+    assert len({row["event_id"] for row in rows}) == len(rows)
+    for row in rows:
+        headers = json.loads(row["headers"])
+        message = audit_pb2.EntryAppended.FromString(row["payload"])
+        event = dataclasses.replace(
+            chain_events.entry_appended(
+                message.tenant_id, message.seq, message.entry, message.leaf_hash, message.chain_hash
+            ),
+            id=str(row["event_id"]),
+            time=datetime.fromisoformat(headers["ce_time"]),
+        )
+        ((event_id,), (topic,), (key,), (kind,), (expected,), (payload,)) = outbox.columns([event])
+        assert (str(row["event_id"]), row["topic"], bytes(row["message_key"])) == (
+            event_id,
+            topic,
+            key,
+        )
+        assert (row["event_type"], headers, row["payload"]) == (kind, json.loads(expected), payload)
+    stored = await db.fetch(
+        "SELECT tenant_id, seq, entry FROM audit_entries ORDER BY tenant_id, seq"
+    )
+    published = sorted(
+        (uuid.UUID(m.tenant_id), m.seq, m.entry)
+        for m in (audit_pb2.EntryAppended.FromString(row["payload"]) for row in rows)
+    )
+    assert published == [(row["tenant_id"], row["seq"], row["entry"]) for row in stored]

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from consentry.audit import merkle
 from consentry.audit.chain import checkpoints
-from consentry.audit.chain.service import append_event
+from consentry.audit.chain.service import append_event, append_events
 from consentry.audit.consentry_verify import checkpoint_body
 from consentry.audit.settings import AppenderSettings, seed_bytes
 from consentry.audit.v1 import audit_pb2
@@ -248,3 +248,68 @@ async def test_a_checkpoint_is_queued_for_the_audit_topic_after_its_entries(
         SIGNER.key_id,
     )
     assert message.signature == stored["signature"]
+
+
+async def test_checkpoints_of_held_heads_are_those_checkpoint_signs(
+    db: asyncpg.Connection,
+) -> None:
+    """`checkpoint_held` (the appender's, three round trips for any number of tenants) signs,
+    stores and queues exactly what `checkpoint` would for each due tenant."""
+    tenants = [uuid.UUID(f"00000000-0000-4000-8000-0000000000e{n}") for n in range(3)]
+    hour = timedelta(hours=1)
+    async with db.transaction():
+        await checkpoints.register(db, SIGNER)
+        await append_events(db, [received(t, "ab" * 32, 1) for t in tenants])
+        # A tenant's first checkpoint is always due.
+        assert await checkpoints.checkpoint_held(db, SIGNER, tenants, every=3, interval=hour) == [
+            1,
+            1,
+            1,
+        ]
+    async with db.transaction():
+        # Grown by 4, 2 and 3 entries: with every=3, the first and the last are due.
+        grown = zip(tenants, (4, 2, 3), strict=True)
+        batch = [received(t, "ab" * 32, v) for t, n in grown for v in range(2, n + 2)]
+        await append_events(db, batch)
+        sizes = await checkpoints.checkpoint_held(
+            db, SIGNER, [*tenants, uuid.uuid4()], every=3, interval=hour
+        )
+    assert sizes == [5, 4]
+    stored = await db.fetch(
+        "SELECT * FROM audit_checkpoints WHERE tree_size > 1 ORDER BY tenant_id"
+    )
+    assert [(row["tenant_id"], row["tree_size"]) for row in stored] == [
+        (tenants[0], 5),
+        (tenants[2], 4),
+    ]
+    published = await db.fetch(
+        "SELECT payload FROM eventing_outbox WHERE event_type = $1 ORDER BY position",
+        "consentry.audit.checkpoint_signed.v1",
+    )
+    messages = [audit_pb2.CheckpointSigned.FromString(row["payload"]) for row in published][3:]
+    for row, message in zip(stored, messages, strict=True):
+        leaves = [
+            r["leaf_hash"]
+            for r in await db.fetch(
+                "SELECT leaf_hash FROM audit_entries WHERE tenant_id = $1 ORDER BY seq",
+                row["tenant_id"],
+            )
+        ]
+        assert row["root_hash"] == mth(leaves)
+        timestamp = merkle.timestamp(row["checkpoint_time"])
+        body = checkpoint_body(str(row["tenant_id"]), row["tree_size"], row["root_hash"], timestamp)
+        Ed25519PublicKey.from_public_bytes(SIGNER.public_key).verify(row["signature"], body)
+        assert (message.tenant_id, message.tree_size, message.root_hash) == (
+            str(row["tenant_id"]),
+            row["tree_size"],
+            row["root_hash"],
+        )
+        assert (message.timestamp, message.key_id, message.signature) == (
+            timestamp,
+            SIGNER.key_id,
+            row["signature"],
+        )
+    async with db.transaction():  # nothing grew by 3 within the hour: none due
+        assert await checkpoints.checkpoint_held(db, SIGNER, tenants, every=3, interval=hour) == []
+    async with db.transaction():  # T passed (0 s): the one that grew by 2 only
+        assert await checkpoints.checkpoint_held(db, SIGNER, tenants, every=3, interval=NOW) == [3]

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from consentry.eventing import catalogue, topics
+from consentry.eventing import catalogue, metrics, topics
 from consentry.eventing.envelope import KafkaRecord, encode
 from consentry.eventing.testing import collect, header
 from consentry.subprocessors.settings import NotifierSettings
@@ -64,6 +64,8 @@ async def test_poison_goes_to_the_dead_letter_topic_and_the_partition_moves_on(
         topics.RIGHTS, f"{tenant}/someone-else".encode(), valid.value, valid.headers
     )
     too_long = encode(erasure_requested(tenant, subject_ref="f" * 300))  # the database refuses it
+    reasons_counted = ("key-mismatch", "missing-headers", "rejected-by-database")
+    before = [_dead_letters_counted(reason) for reason in reasons_counted]
     async with notifier(notifier_settings):
         await produce(
             notifier_settings.kafka_bootstrap_servers, [garbage, wrong_key, too_long, good]
@@ -84,12 +86,22 @@ async def test_poison_goes_to_the_dead_letter_topic_and_the_partition_moves_on(
         )
     reasons = sorted(header(record, "dlq.reason") for record in dead)
     assert reasons == ["key-mismatch", "missing-headers", "rejected-by-database"]
+    # ...and counted in consentry_dead_letters_total (the notifier runs in this process).
+    after = [_dead_letters_counted(reason) for reason in reasons_counted]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1.0, 1.0, 1.0]
     assert all(header(record, "dlq.consumer") == "subprocessor-notifier" for record in dead)
     assert all(header(record, "dlq.topic") == topics.RIGHTS for record in dead)
     # The good event behind the poison was applied, and its notice sent.
     await eventually(lambda: _wait_received(hook), lambda n: n >= 1)
     assert {r.json["request_id"] for r in hook.received} == {f"req-{marker}"}
     assert await _count(db, "SELECT count(*) FROM notices WHERE tenant_id = $1", tenant) == 1
+
+
+def _dead_letters_counted(reason: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "consentry_dead_letters_total", {"consumer": "subprocessor-notifier", "reason": reason}
+    )
+    return value or 0.0
 
 
 async def _wait_received(hook: Receiver) -> int:

@@ -84,6 +84,58 @@ def dead_letter_headers(
     return [*original, *((name, value.encode()) for name, value in extra.items())]
 
 
+def measure_lag(consumer: AIOKafkaConsumer, name: str, offsets: dict[TopicPartition, int]) -> None:
+    """Set `consentry_consumer_lag` of group `name` for the partitions just committed at
+    `offsets`, from the high-water marks of the last fetch (no request)."""
+    for tp, offset in offsets.items():
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            metrics.CONSUMER_LAG.labels(name, tp.topic, str(tp.partition)).set(
+                max(0, highwater - offset)
+            )
+
+
+async def commit_offsets(
+    consumer: AIOKafkaConsumer, name: str, offsets: dict[TopicPartition, int]
+) -> None:
+    """Commit `offsets` for group `name`; a commit that fails is logged, not raised: the
+    consumers are idempotent by event id, so re-reading after a lost commit is harmless."""
+    try:
+        await consumer.commit(offsets)
+    except (CommitFailedError, IllegalStateError) as exc:
+        # Partitions moved to another member; it re-reads from the last commit and drops
+        # (inbox, or the audit chain) what this member already applied.
+        log.info("offset commit skipped after rebalance", consumer=name, error=repr(exc))
+    except KafkaError as exc:
+        # The next batch's commit covers these offsets; until then a restart re-reads them.
+        log.warning("offset commit failed", consumer=name, error=repr(exc))
+
+
+async def send_dead_letter(
+    producer: AIOKafkaProducer,
+    consumer: str,
+    record: ConsumerRecord[bytes, bytes],
+    error: PoisonMessage,
+) -> None:
+    """Send `record` to group `consumer`'s dead-letter topic with the reason in its headers
+    (acknowledged by the broker before this returns) and count it."""
+    log.warning(
+        "poison message dead-lettered",
+        consumer=consumer,
+        reason=error.reason,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+    )
+    await producer.send_and_wait(
+        dead_letter_topic(consumer),
+        value=record.value,
+        key=record.key,
+        headers=dead_letter_headers(record, consumer, error),
+    )
+    metrics.DEAD_LETTERS.labels(consumer, error.reason).inc()
+
+
 class EventConsumer:
     """Consume `topics` as group `name`, applying `handler` once per event id.
 
@@ -141,24 +193,10 @@ class EventConsumer:
                 self._measure_lag(offsets)
 
     def _measure_lag(self, offsets: dict[TopicPartition, int]) -> None:
-        for tp, offset in offsets.items():
-            highwater = self._consumer.highwater(tp)  # from the last fetch: no request
-            if highwater is not None:
-                metrics.CONSUMER_LAG.labels(self.name, tp.topic, str(tp.partition)).set(
-                    max(0, highwater - offset)
-                )
+        measure_lag(self._consumer, self.name, offsets)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        try:
-            await self._consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # Partitions moved to another member; it re-reads from the last commit and the
-            # inbox drops what this member already applied.
-            log.info("offset commit skipped after rebalance", consumer=self.name, error=repr(exc))
-        except KafkaError as exc:
-            # The next batch's commit covers these offsets; until then a restart re-reads
-            # them, which the inbox makes harmless.
-            log.warning("offset commit failed", consumer=self.name, error=repr(exc))
+        await commit_offsets(self._consumer, self.name, offsets)
 
     async def _process(
         self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]
@@ -255,19 +293,5 @@ class EventConsumer:
     async def _dead_letter(
         self, record: ConsumerRecord[bytes, bytes], error: PoisonMessage
     ) -> None:
-        log.warning(
-            "poison message dead-lettered",
-            consumer=self.name,
-            reason=error.reason,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-        )
-        await self._producer.send_and_wait(
-            self.dead_letter_topic,
-            value=record.value,
-            key=record.key,
-            headers=dead_letter_headers(record, self.name, error),
-        )
+        await send_dead_letter(self._producer, self.name, record, error)
         self.dead_lettered += 1
-        metrics.DEAD_LETTERS.labels(self.name, error.reason).inc()

@@ -24,11 +24,23 @@ class AppenderSettings(DatabaseSettings, KafkaSettings):
     appender_group_id: str = "audit-appender"
     appender_batch_append: bool = Field(
         default=True,
-        description="append each fetched batch with one audit_append_batch() call "
-        "(false: one audit_append() per event)",
+        description="append each poll's batch with one audit_append_batch() call "
+        "(false: one call per event, each in its own savepoint)",
     )
     appender_max_records: int = Field(
-        default=2000, ge=1, description="records fetched per poll (across partitions)"
+        default=2000, ge=1, description="records fetched per poll (across partitions): a batch"
+    )
+    appender_pipeline: int = Field(
+        default=2,
+        ge=1,
+        description="batches in flight: the next one's append waits on the previous one's "
+        "chain heads and runs as it commits (1: one batch at a time)",
+    )
+    appender_lanes: int = Field(
+        default=2,
+        ge=1,
+        description="transactions that apply a batch side by side, each for a fixed share "
+        "of the tenants (1: one transaction per batch)",
     )
     audit_signing_key: SecretStr = Field(
         description="base64 of the 32-byte Ed25519 seed that signs checkpoints"

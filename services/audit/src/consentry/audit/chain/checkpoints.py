@@ -23,10 +23,15 @@ from consentry.eventing import outbox
 from consentry.eventing.db import Connection
 
 _LOCK_HEAD = "SELECT * FROM audit_lock_head($1)"
-_ADD = "SELECT audit_add_checkpoint($1, $2, $3, $4, $5, $6)"
+_ADD_MANY = """
+SELECT audit_add_checkpoint(c.tenant_id, c.tree_size, c.root_hash, $4, $5, c.signature)
+FROM unnest($1::uuid[], $2::bigint[], $3::bytea[], $6::bytea[])
+     AS c (tenant_id, tree_size, root_hash, signature)
+"""
 _REGISTER = "SELECT audit_register_key($1, $2)"
-_DUE = """
-SELECT h.tenant_id FROM audit_chain_heads h
+# Chains grown by $1 entries, or with entries older than $2, since their last checkpoint.
+_DUE_FROM = """
+FROM audit_chain_heads h
 LEFT JOIN LATERAL (
     SELECT tree_size, checkpoint_time FROM audit_checkpoints c
     WHERE c.tenant_id = h.tenant_id ORDER BY tree_size DESC LIMIT 1
@@ -34,7 +39,16 @@ LEFT JOIN LATERAL (
 WHERE h.seq > coalesce(c.tree_size, 0)
   AND (h.seq - coalesce(c.tree_size, 0) >= $1 OR coalesce(c.checkpoint_time, '-infinity') <= $2)
 """
-_DUE_AMONG = _DUE + "  AND h.tenant_id = ANY($3::uuid[])\n"
+_AMONG = "  AND h.tenant_id = ANY($3::uuid[])\n"
+_DUE = "SELECT h.tenant_id" + _DUE_FROM
+_DUE_AMONG = _DUE + _AMONG
+# The due ones of tenants whose heads the caller's transaction holds, with their trees.
+_DUE_HELD = (
+    "SELECT h.tenant_id, h.seq AS tree_size, audit_frontier_root(h.frontier) AS root_hash"
+    + _DUE_FROM
+    + _AMONG
+    + "ORDER BY h.tenant_id\n"
+)
 
 
 @dataclass(frozen=True)
@@ -89,18 +103,60 @@ async def checkpoint(
     due = grown > 0 and (grown >= every or last_time is None or now - last_time >= interval)
     if not due:
         return None
-    timestamp = merkle.timestamp(now)
-    body = checkpoint_body(str(tenant_id), row["tree_size"], row["root_hash"], timestamp)
-    signature = signer.private_key.sign(body)
-    moment = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    await conn.execute(
-        _ADD, tenant_id, row["tree_size"], row["root_hash"], moment, signer.key_id, signature
-    )
-    published = events.checkpoint_signed(
-        str(tenant_id), row["tree_size"], row["root_hash"], timestamp, signer.key_id, signature
-    )
-    await outbox.add(conn, published)
+    await _sign_and_store(conn, signer, [(tenant_id, row["tree_size"], row["root_hash"])], now)
     return int(row["tree_size"])
+
+
+async def checkpoint_held(
+    conn: Connection,
+    signer: Signer,
+    tenants: Sequence[UUID],
+    *,
+    every: int,
+    interval: timedelta,
+) -> list[int]:
+    """Sign and store a checkpoint of each of `tenants` that is due (as `checkpoint` does),
+    in three round trips however many are due (one if none is); return their sizes.
+
+    The caller's transaction already holds the heads of `tenants` (it appended to them), so
+    their trees are read without locking them again; audit_add_checkpoint() still checks
+    each signed tree against its head under the lock.
+    """
+    now = datetime.now(UTC)
+    rows = await conn.fetch(_DUE_HELD, every, now - interval, list(tenants))
+    trees = [(row["tenant_id"], row["tree_size"], row["root_hash"]) for row in rows]
+    if trees:
+        await _sign_and_store(conn, signer, trees, now)
+    return [int(size) for _, size, _ in trees]
+
+
+async def _sign_and_store(
+    conn: Connection, signer: Signer, trees: Sequence[tuple[UUID, int, bytes]], now: datetime
+) -> None:
+    """Sign each (tenant, tree size, root) at `now`, store the checkpoints, and queue their
+    publication on the audit topic."""
+    timestamp = merkle.timestamp(now)
+    moment = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    signatures = [
+        signer.private_key.sign(checkpoint_body(str(tenant), size, root, timestamp))
+        for tenant, size, root in trees
+    ]
+    await conn.execute(
+        _ADD_MANY,
+        [tenant for tenant, _, _ in trees],
+        [size for _, size, _ in trees],
+        [root for _, _, root in trees],
+        moment,
+        signer.key_id,
+        signatures,
+    )
+    await outbox.add_many(
+        conn,
+        (
+            events.checkpoint_signed(str(tenant), size, root, timestamp, signer.key_id, signature)
+            for (tenant, size, root), signature in zip(trees, signatures, strict=True)
+        ),
+    )
 
 
 async def due_tenants(

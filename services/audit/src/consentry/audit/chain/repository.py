@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
+from consentry.audit.chain.events import Envelopes
 from consentry.eventing.db import Connection
 
 _APPEND = "SELECT audit_append($1, $2, $3, $4, $5)"
@@ -15,6 +16,20 @@ _APPEND_BATCH = """
 SELECT ord, seq, leaf_hash, chain_hash, appended
 FROM audit_append_batch($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])
 ORDER BY ord
+"""
+# The audit topic's EntryAppended rows, in order: row n of tenant slot $3[n] (from 1) gets a
+# new event id, the slot's message key ($4) and headers (JSON) cut around that id ($5, $6), and
+# payload $7[n] (see `events.Envelopes`). Without `outbox.add`'s per-key advisory lock: every
+# writer of a `<tenant>/chain` key holds that tenant's head row lock from before its insert
+# until it commits (audit_append_batch, audit_append, audit_lock_head for checkpoints), which
+# already puts one key's outbox positions in commit order.
+_QUEUE_PUBLISHED = """
+INSERT INTO eventing_outbox (event_id, topic, message_key, event_type, headers, payload)
+SELECT r.event_id, $1, ($4::bytea[])[r.slot], $2,
+       (($5::text[])[r.slot] || r.event_id::text || ($6::text[])[r.slot])::jsonb, r.payload
+FROM (SELECT gen_random_uuid() AS event_id, o.slot, o.payload, o.n
+      FROM unnest($3::int[], $7::bytea[]) WITH ORDINALITY AS o (slot, payload, n)) AS r
+ORDER BY r.n
 """
 _HASHES = "SELECT entry, leaf_hash, chain_hash FROM audit_entries WHERE tenant_id = $1 AND seq = $2"
 _TENANTS = "SELECT tenant_id, seq, chain_hash FROM audit_chain_heads ORDER BY tenant_id"
@@ -59,6 +74,24 @@ async def append_batch(
     (False: the event was already in the chain, or earlier in these arrays)."""
     return list(
         await conn.fetch(_APPEND_BATCH, tenant_ids, event_ids, event_types, subject_refs, entries)
+    )
+
+
+async def queue_published(
+    conn: Connection, envelopes: Envelopes, tenant_ids: Sequence[str], payloads: Sequence[bytes]
+) -> None:
+    """Queue the audit topic's events of appended entries (one per tenant id and payload, in
+    order; outbox rows); the caller holds the head rows of their tenants (see
+    `_QUEUE_PUBLISHED`)."""
+    await conn.execute(
+        _QUEUE_PUBLISHED,
+        envelopes.topic,
+        envelopes.event_type,
+        [envelopes.slots[tenant_id] for tenant_id in tenant_ids],
+        envelopes.keys,
+        envelopes.heads,
+        envelopes.tails,
+        payloads,
     )
 
 

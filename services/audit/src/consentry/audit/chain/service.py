@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from uuid import UUID
 
+import asyncpg
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from consentry.audit.chain import events, repository
@@ -15,22 +19,30 @@ from consentry.eventing import outbox
 from consentry.eventing.db import Connection
 from consentry.eventing.envelope import CONTENT_TYPE, ReceivedEvent
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def entry_bytes(event: ReceivedEvent) -> bytes:
     """The bytes stored (and hashed) for one event: a serialised AuditEntry."""
-    time = Timestamp()
-    time.FromDatetime(event.time)
     return audit_pb2.AuditEntry(
         tenant_id=event.tenant_id,
         event_id=event.id,
         event_type=event.type.name,
         event_source=event.source,
         subject_ref=event.subject_ref,
-        event_time=time,
+        event_time=_timestamp(event.time),
         content_type=CONTENT_TYPE,
         data=event.data,
         topic=event.type.topic,
     ).SerializeToString(deterministic=True)
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    """`Timestamp().FromDatetime(moment)`, in half the time for an aware `moment`."""
+    if moment.tzinfo is None:  # naive: taken as UTC, as FromDatetime does
+        moment = moment.replace(tzinfo=UTC)
+    since = moment - _EPOCH
+    return Timestamp(seconds=since.days * 86400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 async def append_event(conn: Connection, event: ReceivedEvent) -> int:
@@ -56,32 +68,81 @@ async def append_event(conn: Connection, event: ReceivedEvent) -> int:
     return seq
 
 
-async def append_events(conn: Connection, received: Sequence[ReceivedEvent]) -> list[int]:
-    """Append received events, in order, to their tenants' chains in one call, and queue the
-    publication of each newly appended entry on the audit topic (same transaction); return
-    their seqs. The same chain as `append_event` once per event (audit_append_batch())."""
-    if not received:
-        return []
-    entries = [entry_bytes(event) for event in received]
-    rows = await repository.append_batch(
-        conn,
+@dataclass(frozen=True)
+class Prepared:
+    """Received events made ready to append, before any chain head is locked: the arrays of
+    `audit_append_batch()`."""
+
+    tenant_ids: list[str]
+    event_ids: list[str]
+    event_types: list[str]
+    subject_refs: list[str]
+    entries: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+    def __getitem__(self, part: slice) -> Prepared:
+        return Prepared(*(getattr(self, field.name)[part] for field in fields(self)))
+
+    @classmethod
+    def join(cls, parts: Sequence[Prepared]) -> Prepared:
+        """The parts one after the other."""
+        names = [field.name for field in fields(cls)]
+        return cls(
+            *(list(itertools.chain.from_iterable(getattr(p, n) for p in parts)) for n in names)
+        )
+
+
+def prepare(received: Sequence[ReceivedEvent]) -> Prepared:
+    """The CPU work of appending `received` that does not need the chain heads."""
+    return Prepared(
         tenant_ids=[event.tenant_id for event in received],
         event_ids=[event.id for event in received],
         event_types=[event.type.name for event in received],
         subject_refs=[event.subject_ref for event in received],
-        entries=entries,
+        entries=[entry_bytes(event) for event in received],
     )
-    await outbox.add_many(
+
+
+async def append_prepared(conn: Connection, batch: Prepared) -> list[asyncpg.Record]:
+    """Append a prepared batch, in order, to its tenants' chains in one call, and queue the
+    publication of each newly appended entry on the audit topic (same transaction). One row
+    per event: `seq`, `leaf_hash`, `chain_hash`, `appended` (False: already in the chain, or
+    earlier in the batch). The chain heads stay locked until the transaction ends."""
+    if not batch:
+        return []
+    rows = await repository.append_batch(
         conn,
-        (
-            events.entry_appended(
-                event.tenant_id, row["seq"], entry, row["leaf_hash"], row["chain_hash"]
-            )
-            for event, entry, row in zip(received, entries, rows, strict=True)
-            if row["appended"]
-        ),
+        tenant_ids=batch.tenant_ids,
+        event_ids=batch.event_ids,
+        event_types=batch.event_types,
+        subject_refs=batch.subject_refs,
+        entries=batch.entries,
     )
-    return [row["seq"] for row in rows]
+    new = [at for at, row in enumerate(rows) if row["appended"]]
+    if new:
+        tenants = [batch.tenant_ids[at] for at in new]
+        payloads = [
+            events.entry_appended_payload(
+                batch.tenant_ids[at],
+                rows[at]["seq"],
+                batch.entries[at],
+                rows[at]["leaf_hash"],
+                rows[at]["chain_hash"],
+            )
+            for at in new
+        ]
+        envelopes = events.entry_appended_envelopes(tenants)
+        await repository.queue_published(conn, envelopes, tenants, payloads)
+    return rows
+
+
+async def append_events(conn: Connection, received: Sequence[ReceivedEvent]) -> list[int]:
+    """Append received events, in order, to their tenants' chains in one call, and queue the
+    publication of each newly appended entry on the audit topic (same transaction); return
+    their seqs. The same chain as `append_event` once per event (audit_append_batch())."""
+    return [row["seq"] for row in await append_prepared(conn, prepare(received))]
 
 
 async def verify_tenant(conn: Connection, tenant_id: UUID) -> ChainReport:

@@ -32,7 +32,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from consentry.eventing import catalogue, inbox, kafka, topics
-from consentry.eventing.consumer import TRANSIENT_ERRORS, dead_letter_headers
+from consentry.eventing.consumer import TRANSIENT_ERRORS, send_dead_letter
 from consentry.eventing.db import Connection, Pool, create_pool, set_tenant
 from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, decode
 from consentry.eventing.logs import get_logger
@@ -173,20 +173,7 @@ class NoticeProcessor:
     async def _dead_letter(
         self, record: ConsumerRecord[bytes, bytes], error: PoisonMessage
     ) -> None:
-        log.warning(
-            "poison message dead-lettered",
-            consumer=CONSUMER,
-            reason=error.reason,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-        )
-        await self._producer.send_and_wait(
-            self.dead_letter_topic,
-            value=record.value,
-            key=record.key,
-            headers=dead_letter_headers(record, CONSUMER, error),
-        )
+        await send_dead_letter(self._producer, CONSUMER, record, error)
         self.dead_lettered += 1
 
 
