@@ -29,7 +29,9 @@ EMAIL = "grace.hopper@example.com"
 REF = ref_of(EMAIL)
 
 
-def _wire(message: rights_pb2.ErasureRequested | rights_pb2.AccessRequested) -> ReceivedEvent:
+def _wire(
+    message: rights_pb2.ErasureRequested | rights_pb2.AccessRequested, subject_ref: str = REF
+) -> ReceivedEvent:
     event_type = (
         catalogue.ERASURE_REQUESTED
         if isinstance(message, rights_pb2.ErasureRequested)
@@ -39,7 +41,7 @@ def _wire(message: rights_pb2.ErasureRequested | rights_pb2.AccessRequested) -> 
         Event(
             type=event_type,
             tenant_id=str(TENANT_ID),
-            subject_ref=REF,
+            subject_ref=subject_ref,
             message=message,
             source="/consentry/consent",
         )
@@ -47,14 +49,16 @@ def _wire(message: rights_pb2.ErasureRequested | rights_pb2.AccessRequested) -> 
     return decode(record.key, record.value, record.headers)
 
 
-async def _subject_with_contact(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
-    await set_consent(db, REF, given=True)
+async def _subject_with_contact(
+    client: httpx.AsyncClient, db: asyncpg.Connection, email: str = EMAIL
+) -> None:
+    await set_consent(db, ref_of(email), given=True)
     joined = await client.patch(
-        f"/v1/subjects/{EMAIL}/preferences",
+        f"/v1/subjects/{email}/preferences",
         json={"changes": [{"topic": "product-news", "channel": "email", "subscribed": True}]},
     )
     assert joined.status_code == 200, joined.text
-    stored = await client.put(f"/v1/subjects/{EMAIL}/contact", json={"email": EMAIL})
+    stored = await client.put(f"/v1/subjects/{email}/contact", json={"email": email})
     assert stored.status_code == 204
 
 
@@ -115,6 +119,94 @@ async def test_erasure_shreds_the_contact_and_keeps_the_subject_suppressed(
         if isinstance(s.message, lists_pb2.ListMemberSuppressed)
     ]
     assert reasons == [lists_pb2.SUPPRESSION_REASON_ERASED]
+
+
+def _erasure(subject_ref: str, request_id: str) -> ReceivedEvent:
+    message = rights_pb2.ErasureRequested(
+        tenant_id=str(TENANT_ID),
+        subject_ref=subject_ref,
+        request_id=request_id,
+        kind=rights_pb2.REQUEST_KIND_ERASURE,
+    )
+    return _wire(message, subject_ref)
+
+
+async def test_a_batch_of_erasures_answers_as_one_event_at_a_time_would(
+    client: httpx.AsyncClient,
+    topics: list[str],
+    db: asyncpg.Connection,
+    app_dsn: str,
+    sealer: Sealer,
+) -> None:
+    emails = ["ada@example.com", "alan@example.com"]
+    for email in emails:
+        await _subject_with_contact(client, db, email)
+    ada, alan = (ref_of(email) for email in emails)
+    unknown = ref_of("nobody@example.com")
+    # Ada twice (a second request names her again), an access request in between, a subject
+    # this service never knew.
+    private = X25519PrivateKey.generate()
+    public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    access_id = uuid.uuid4()
+    access = _wire(
+        rights_pb2.AccessRequested(
+            tenant_id=str(TENANT_ID),
+            subject_ref=alan,
+            request_id=str(access_id),
+            export_public_key=public,
+        ),
+        alan,
+    )
+    batch = [
+        _erasure(ada, "r1"),
+        access,  # before Alan's erasure: his part still holds his contact
+        _erasure(alan, "r1"),
+        _erasure(ada, "r2"),
+        _erasure(unknown, "r1"),
+    ]
+    conn = await asyncpg.connect(app_dsn)  # as the worker: the app role, RLS applies
+    try:
+        async with conn.transaction():
+            await RightsHandler(sealer).batch(conn, batch)
+    finally:
+        await conn.close()
+
+    for table in ("subjects", "preferences", "consent_copy"):
+        left = await db.fetchval(
+            f"SELECT count(*) FROM {table} WHERE subject_ref = ANY($1::text[])", [ada, alan]
+        )
+        assert left == 0, table
+    completed = [
+        event.message
+        for event in await outbox_events(db, catalogue.ERASURE_COMPLETED)
+        if isinstance(event.message, rights_pb2.ErasureCompleted)
+    ]
+    full = ["preferences", "consent-copy", "subject", "contact", "data-key"]
+    assert [(m.subject_ref, m.request_id, list(m.erased)) for m in completed] == [
+        (ada, "r1", full),
+        (alan, "r1", full),
+        (ada, "r2", []),
+        (unknown, "r1", []),
+    ]
+    suppressed = await db.fetch(
+        "SELECT subject_ref, reason FROM list_suppressions WHERE subject_ref = ANY($1::text[])",
+        [ada, alan, unknown],
+    )
+    assert sorted((row["subject_ref"], row["reason"]) for row in suppressed) == sorted(
+        (ref, "erased") for ref in (ada, alan, unknown)
+    )
+    (ready,) = await outbox_events(db, catalogue.ACCESS_PART_READY)
+    assert isinstance(ready.message, rights_pb2.AccessPartReady)
+    part = json.loads(
+        open_part(
+            private,
+            ready.message.sealed_part,
+            tenant_id=TENANT_ID,
+            request_id=access_id,
+            service="preferences",
+        )
+    )
+    assert part["contact"] == {"email": "alan@example.com"}
 
 
 async def test_access_part_is_sealed_to_the_request_key(

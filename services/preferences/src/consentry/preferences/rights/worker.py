@@ -20,19 +20,20 @@ answers are built by the shared `consentry.eventing.rights`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
 from consentry.eventing import kafka, outbox, rights, topics
 from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection, create_pool, set_tenant
-from consentry.eventing.envelope import ReceivedEvent, utcnow
+from consentry.eventing.envelope import Event, ReceivedEvent, utcnow
 from consentry.eventing.sealing import Sealer
 from consentry.eventing.settings import DatabaseSettings, KafkaSettings
 from consentry.preferences import contacts
 from consentry.preferences.consentcopy.repository import consents_of
 from consentry.preferences.lists import repository as lists_repository
-from consentry.preferences.lists.service import suppress_erased
+from consentry.preferences.lists.service import Erasure, apply_changes, suppress_erased
 from consentry.preferences.settings import PreferencesKeySettings
 from consentry.preferences.subjects import repository as subjects_repository
 from consentry.preferences.subjects import service as subjects
@@ -48,6 +49,20 @@ _DELETE_CONSENT_COPY = "DELETE FROM consent_copy WHERE tenant_id = $1 AND subjec
 _DELETE_SUBJECT = """
 DELETE FROM subjects WHERE tenant_id = $1 AND subject_ref = $2
 RETURNING data_key_sealed IS NOT NULL AS had_key, contact_email_sealed IS NOT NULL AS had_contact
+"""
+# The same deletions for many subjects of one tenant, returning whose rows went.
+_DELETE_PREFERENCES_OF = """
+DELETE FROM preferences WHERE tenant_id = $1 AND subject_ref = ANY($2::text[])
+RETURNING subject_ref
+"""
+_DELETE_CONSENT_COPIES_OF = """
+DELETE FROM consent_copy WHERE tenant_id = $1 AND subject_ref = ANY($2::text[])
+RETURNING subject_ref
+"""
+_DELETE_SUBJECTS_OF = """
+DELETE FROM subjects WHERE tenant_id = $1 AND subject_ref = ANY($2::text[])
+RETURNING subject_ref, data_key_sealed IS NOT NULL AS had_key,
+          contact_email_sealed IS NOT NULL AS had_contact
 """
 
 
@@ -78,6 +93,30 @@ async def erase_subject(conn: Connection, tenant_id: UUID, subject_ref: str) -> 
         if row["had_key"]:
             erased.append("data-key")
     await suppress_erased(conn, tenant_id, subject_ref)
+    return erased
+
+
+async def erase_subjects(
+    conn: Connection, tenant_id: UUID, subject_refs: Sequence[str]
+) -> dict[str, list[str]]:
+    """`erase_subject` for many subjects of one tenant in a few multi-row statements
+    (tenant-scoped, in a transaction); what was erased, per subject."""
+    refs = sorted(set(subject_refs))
+    erased: dict[str, list[str]] = {ref: [] for ref in refs}
+    for row in await conn.fetch(_DELETE_PREFERENCES_OF, tenant_id, refs):
+        if "preferences" not in erased[row["subject_ref"]]:
+            erased[row["subject_ref"]].append("preferences")
+    for row in await conn.fetch(_DELETE_CONSENT_COPIES_OF, tenant_id, refs):
+        if "consent-copy" not in erased[row["subject_ref"]]:
+            erased[row["subject_ref"]].append("consent-copy")
+    for row in await conn.fetch(_DELETE_SUBJECTS_OF, tenant_id, refs):
+        what = erased[row["subject_ref"]]
+        what.append("subject")
+        if row["had_contact"]:
+            what.append("contact")
+        if row["had_key"]:
+            what.append("data-key")
+    await apply_changes(conn, tenant_id, {ref: [Erasure()] for ref in refs})
     return erased
 
 
@@ -135,16 +174,7 @@ class RightsHandler:
         if isinstance(message, rights_pb2.ErasureRequested):
             await set_tenant(conn, tenant_id)
             erased = await erase_subject(conn, tenant_id, event.subject_ref)
-            completed = rights.erasure_completed(
-                service=SERVICE,
-                source=SOURCE,
-                tenant_id=tenant_id,
-                subject_ref=event.subject_ref,
-                request_id=message.request_id,
-                erased=erased,
-                at=utcnow(),
-            )
-            await outbox.add(conn, completed)
+            await outbox.add(conn, _completed(event, message, erased))
         elif isinstance(message, rights_pb2.AccessRequested):
             await set_tenant(conn, tenant_id)
             part = await access_part(conn, self._sealer, tenant_id, event.subject_ref)
@@ -152,6 +182,55 @@ class RightsHandler:
                 message, service=SERVICE, source=SOURCE, tenant_id=tenant_id, part=part, at=utcnow()
             )
             await outbox.add(conn, ready)
+
+    async def batch(self, conn: Connection, events: Sequence[ReceivedEvent]) -> None:
+        """Apply a batch of rights events in the consumer's transaction, as one call per event
+        would: each run of erasures of one tenant in a few multi-row statements (the
+        preferences service's share of a bulk erasure arrives as a stream of them), anything
+        else one by one, in order. A subject named twice in a run is erased by the first
+        event; the later one reports that nothing was left, as it would one at a time."""
+        at = 0
+        while at < len(events):
+            event = events[at]
+            if not isinstance(event.message, rights_pb2.ErasureRequested):
+                await self(conn, event)
+                at += 1
+                continue
+            end = at
+            while (
+                end < len(events)
+                and events[end].tenant_id == event.tenant_id
+                and isinstance(events[end].message, rights_pb2.ErasureRequested)
+            ):
+                end += 1
+            await self._erase_run(conn, events[at:end])
+            at = end
+
+    async def _erase_run(self, conn: Connection, run: Sequence[ReceivedEvent]) -> None:
+        tenant_id = UUID(run[0].tenant_id)
+        await set_tenant(conn, tenant_id)
+        erased = await erase_subjects(conn, tenant_id, [event.subject_ref for event in run])
+        completed = []
+        for event in run:
+            message = event.message
+            assert isinstance(message, rights_pb2.ErasureRequested)
+            # The first event of a subject erased it; a repeat finds nothing left.
+            completed.append(_completed(event, message, erased.pop(event.subject_ref, [])))
+        await outbox.add_many(conn, completed)
+
+
+def _completed(
+    event: ReceivedEvent, message: rights_pb2.ErasureRequested, erased: list[str]
+) -> Event:
+    return rights.erasure_completed(
+        service=SERVICE,
+        source=SOURCE,
+        tenant_id=UUID(event.tenant_id),
+        subject_ref=event.subject_ref,
+        request_id=message.request_id,
+        erased=erased,
+        at=utcnow(),
+    )
 
 
 async def run_rights(settings: RightsSettings, stop: asyncio.Event) -> None:
@@ -163,7 +242,14 @@ async def run_rights(settings: RightsSettings, stop: asyncio.Event) -> None:
     await consumer.start()
     try:
         handler = RightsHandler(settings.sealer())
-        await EventConsumer(settings.rights_group_id, consumer, producer, pool, handler).run(stop)
+        await EventConsumer(
+            settings.rights_group_id,
+            consumer,
+            producer,
+            pool,
+            handler,
+            batch_handler=handler.batch,
+        ).run(stop)
     finally:
         await consumer.stop()
         await producer.stop()
