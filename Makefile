@@ -43,7 +43,7 @@ proto: $(INSTALLED) ## (re)generate the protobuf code into proto/gen (not commit
 lint: install ## ruff, ruff format --check, mypy --strict, buf lint and buf breaking, lint-deploy
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
-	$(UV) run --frozen mypy libs/*/src libs/*/tests services/*/src services/*/tests sdk/python/src sdk/python/tests tests $(wildcard bench) proto/generate.py $(wildcard scripts/*.py)
+	$(UV) run --frozen mypy libs/*/src libs/*/tests services/*/src services/*/tests sdk/python/src sdk/python/tests cli/src cli/tests tests $(wildcard bench) proto/generate.py $(wildcard scripts/*.py)
 	cd proto && $(UV) run --frozen buf lint
 	@if git rev-parse --verify --quiet main >/dev/null && git cat-file -e main:proto/buf.yaml 2>/dev/null; then \
 	  echo "buf breaking against main"; cd proto && $(UV) run --frozen buf breaking --against '../.git#branch=main,subdir=proto'; \

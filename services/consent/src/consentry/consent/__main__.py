@@ -15,9 +15,7 @@ from pydantic import ValidationError
 
 from consentry.consent.app import create_app
 from consentry.consent.consents.intake import IntakeSettings, run_intake
-from consentry.consent.db import set_tenant
 from consentry.consent.keys.models import ApiKeyCreate, CreatedApiKey
-from consentry.consent.keys.service import create_key
 from consentry.consent.policies.activation import run_policy_scheduler
 from consentry.consent.rights.fanout import run_rights_worker
 from consentry.consent.rights.tracker import run_rights_tracker
@@ -28,9 +26,9 @@ from consentry.consent.settings import (
     RightsWorkerSettings,
     TenantAdminSettings,
 )
-from consentry.consent.tenants import repository as tenants_repository
+from consentry.consent.tenants.admin import create_api_key, create_tenant_with_key
 from consentry.consent.tenants.events import Announced, publish_directory
-from consentry.consent.tenants.service import TenantExistsError, create_tenant
+from consentry.consent.tenants.service import TenantExistsError
 from consentry.eventing.migrations import Migration, service_migrations
 from consentry.eventing.relay import RelaySettings, run_relay
 from consentry.httpapi.auth import Scope
@@ -107,30 +105,10 @@ def create_tenant_command(
     """Create a tenant and its first API key (scope admin); print the key once."""
     settings = cli_settings(TenantAdminSettings)
 
-    async def run() -> tuple[uuid.UUID, CreatedApiKey]:
-        conn = await asyncpg.connect(settings.database_url)
-        try:
-            async with conn.transaction():  # tenant, its seeds and its key, or nothing
-                created = await create_tenant(
-                    conn,
-                    sealer=settings.sealer(),
-                    name=name,
-                    tenant_id=tenant_id,
-                    directory=settings.directory_sealer(),
-                )
-                key = await create_key(
-                    conn,
-                    tenant_id=created,
-                    name="first admin key",
-                    scopes=scopes,
-                    created_by_key=None,
-                )
-            return created, key
-        finally:
-            await conn.close()
-
     try:
-        created, key = asyncio.run(run())
+        created, key = asyncio.run(
+            create_tenant_with_key(settings, name=name, tenant_id=tenant_id, scopes=scopes)
+        )
     except (TenantExistsError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -152,24 +130,9 @@ def create_api_key_command(
         typer.echo(f"error: {problems}", err=True)
         raise typer.Exit(1) from None
 
-    async def run() -> CreatedApiKey | None:
-        conn = await asyncpg.connect(settings.database_url)
-        try:
-            async with conn.transaction():
-                await set_tenant(conn, tenant_id)  # FORCE: the owner passes RLS only so
-                if await tenants_repository.get(conn, tenant_id=tenant_id) is None:
-                    return None
-                return await create_key(
-                    conn,
-                    tenant_id=tenant_id,
-                    name=wanted.name,
-                    scopes=wanted.scopes,
-                    created_by_key=None,
-                )
-        finally:
-            await conn.close()
-
-    key = asyncio.run(run())
+    key = asyncio.run(
+        create_api_key(settings, tenant_id=tenant_id, name=wanted.name, scopes=wanted.scopes)
+    )
     if key is None:
         typer.echo(f"error: no tenant {tenant_id}", err=True)
         raise typer.Exit(1)

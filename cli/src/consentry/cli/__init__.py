@@ -1,0 +1,1 @@
+"""consentry's command line (`consentry`, docs/cli.md)."""
