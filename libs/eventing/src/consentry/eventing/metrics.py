@@ -8,7 +8,8 @@ then points every process at one directory (prometheus_client's multiprocess mod
 metrics below are created) and `/metrics` sums the processes' files (`exposition`).
 
 Labels never carry personal data: routes are templates, consumers and event kinds are names
-from the code, reasons are the dead-letter reason slugs.
+from the code, reasons are the dead-letter reason slugs or a webhook failure class
+(`http-503`, `timeout`, `connect-error`), never a recipient.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 # SLO-shaped buckets: propagation is promised in seconds, not milliseconds.
 PROPAGATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A webhook attempt may take up to its timeout (CONSENTRY_WEBHOOK_TIMEOUT_SECONDS, <= 120 s).
+WEBHOOK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 HTTP_REQUESTS = Counter(
     "consentry_http_requests",
@@ -89,6 +92,22 @@ CONSUMER_LAG = Gauge(
     ["consumer", "topic", "partition"],
     registry=REGISTRY,
     multiprocess_mode="max",
+)
+# The subprocessors sender. Labels are the outcome and the failure class only: a recipient's
+# id, name or URL is tenant data and would make a series per recipient.
+WEBHOOK_DELIVERIES = Counter(
+    "consentry_webhook_deliveries",
+    "Webhook attempt outcomes recorded by the subprocessors sender: acknowledged, delivered "
+    "(2xx, acknowledgement awaited), retry_scheduled or dead_lettered, with the failure class",
+    ["outcome", "reason"],
+    registry=REGISTRY,
+)
+WEBHOOK_DURATION = Histogram(
+    "consentry_webhook_attempt_duration_seconds",
+    "Time of one webhook POST, from sending to the answer read (or the failure)",
+    ["result"],
+    buckets=WEBHOOK_BUCKETS,
+    registry=REGISTRY,
 )
 
 _KINDS = {

@@ -13,6 +13,9 @@ commit, and commits acknowledged offsets every `list_processor_commit_interval_m
 re-reads at most that much, and the inbox drops what was applied already. Transient errors
 (database or broker away, a deadlock) retry the batch with backoff; a batch the database
 refuses as invalid data is applied event by event, and the event at fault is dead-lettered.
+Once a batch commits, each event it applied is observed in `consentry_propagation_seconds`
+(consumer: the processor's name), as `EventConsumer` does; dead letters are counted in
+`consentry_dead_letters_total`.
 
 faust is configured for a broker it does not own: no topic is declared (the dev stack and
 the operator create them), no leader topic, no web server, memory store (no tables); and the
@@ -38,8 +41,8 @@ from faust.streams import Stream
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import EventT, StreamT
 
-from consentry.eventing import kafka, topics
-from consentry.eventing.consumer import TRANSIENT_ERRORS, dead_letter_headers
+from consentry.eventing import kafka, metrics, topics
+from consentry.eventing.consumer import TRANSIENT_ERRORS, send_dead_letter
 from consentry.eventing.db import Connection, Pool, create_pool
 from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, decode
 from consentry.eventing.logs import get_logger
@@ -136,7 +139,7 @@ def _headers(headers: object) -> list[tuple[str, bytes | None]]:
 
 
 def _record(event: Ev) -> ConsumerRecord[bytes, bytes]:
-    """The Kafka record behind a faust event, as `dead_letter_headers` takes it."""
+    """The Kafka record behind a faust event, as `send_dead_letter` takes it."""
     message = event.message
     return ConsumerRecord(
         topic=message.topic,
@@ -261,6 +264,12 @@ class ListProcessor:
             rejected = sorted([*poison, *refused], key=lambda item: item[0].message.offset)
             for event, reason in rejected:
                 await self._dead_letter(event, reason)
+        # Committed: the lists (and the suppressions' outbox rows) show these events now.
+        refused_ids = {id(event) for event, _ in refused}
+        metrics.observe_propagation(
+            self.name,
+            ((e.type.name, e.time) for event, e in fresh if id(event) not in refused_ids),
+        )
         return len(fresh), outcome, len(refused)
 
     async def _claim(
@@ -295,21 +304,7 @@ class ListProcessor:
         return total, refused
 
     async def _dead_letter(self, event: Ev, error: PoisonMessage) -> None:
-        record = _record(event)
-        log.warning(
-            "poison message dead-lettered",
-            consumer=self.name,
-            reason=error.reason,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-        )
-        await self._producer.send_and_wait(
-            self.dead_letter_topic,
-            value=record.value,
-            key=record.key,
-            headers=dead_letter_headers(record, self.name, error),
-        )
+        await send_dead_letter(self._producer, self.name, _record(event), error)
 
     def lag(self) -> int:
         """Records behind the high-water mark on the partitions processed so far (the

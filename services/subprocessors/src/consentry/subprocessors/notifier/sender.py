@@ -25,7 +25,7 @@ import contextlib
 import json
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,6 +36,7 @@ from uuid import UUID
 import asyncpg
 import httpx
 
+from consentry.eventing import metrics
 from consentry.eventing.consumer import TRANSIENT_ERRORS
 from consentry.eventing.db import Pool, create_pool, tenant_transaction
 from consentry.eventing.envelope import utcnow
@@ -305,6 +306,15 @@ class Sender:
         headers = signing.sign(secrets_, message_id, delivery.payload)
         headers["content-type"] = "application/json"
         self.attempts += 1
+        started = time.perf_counter()
+        outcome = await self._send(delivery, secrets_, message_id, headers)
+        metrics.WEBHOOK_DURATION.labels(outcome.result).observe(time.perf_counter() - started)
+        return outcome
+
+    async def _send(
+        self, delivery: Claimed, secrets_: list[bytes], message_id: str, headers: dict[str, str]
+    ) -> Outcome:
+        """The POST itself and what its answer means."""
         try:
             async with asyncio.timeout(self._settings.webhook_timeout_seconds):
                 async with self.client_for(delivery.webhook_url).stream(
@@ -406,6 +416,12 @@ class Sender:
             1 for r in results if r.outcome.result == "failed" and r.outcome is not EXPIRED
         )
         self.dead_lettered += len(flagged)
+        _count_outcomes(
+            acknowledged=len(acknowledged),
+            delivered=len(delivered),
+            retries=[error for _, error, _ in retries],
+            dead=[row["last_error"] or "" for row in flagged],
+        )
         for row in flagged:
             log.warning(
                 "delivery dead-lettered and flagged",
@@ -413,6 +429,20 @@ class Sender:
                 recipient_id=str(row["recipient_id"]),
                 error=row["last_error"],
             )
+
+
+def _count_outcomes(
+    *, acknowledged: int, delivered: int, retries: Sequence[str], dead: Sequence[str]
+) -> None:
+    """Count committed outcomes in `consentry_webhook_deliveries_total` (after the commit: an
+    outcome whose recording failed is attempted again, and counted then)."""
+    if acknowledged:
+        metrics.WEBHOOK_DELIVERIES.labels("acknowledged", "").inc(acknowledged)
+    if delivered:
+        metrics.WEBHOOK_DELIVERIES.labels("delivered", "").inc(delivered)
+    for outcome, reasons in (("retry_scheduled", retries), ("dead_lettered", dead)):
+        for reason, count in Counter(reasons).items():
+            metrics.WEBHOOK_DELIVERIES.labels(outcome, reason).inc(count)
 
 
 async def _read_limited(response: httpx.Response, limit: int) -> bytes:

@@ -14,7 +14,10 @@ event types on those topics are skipped. Only after the commit are the batch's e
 acknowledged to faust, whose offset commits therefore never pass an event whose effect is
 not durable: a crash re-reads it, and the inbox makes the repeat harmless. A transient
 error (database or broker away) retries the same batch. The sender runs in the same
-process (an asyncio task) and is woken after each commit.
+process (an asyncio task) and is woken after each commit. After the commit each applied
+event is observed in `consentry_propagation_seconds` (consumer `subprocessor-notifier`): the
+time to the notice, not to the recipients' webhooks (those are the sender's
+`consentry_webhook_*` metrics).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from uuid import UUID
 import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from consentry.eventing import catalogue, inbox, kafka, topics
+from consentry.eventing import catalogue, inbox, kafka, metrics, topics
 from consentry.eventing.consumer import TRANSIENT_ERRORS, send_dead_letter
 from consentry.eventing.db import Connection, Pool, create_pool, set_tenant
 from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, decode
@@ -131,7 +134,8 @@ class NoticeProcessor:
     ) -> list[Claimed]:
         poison: list[tuple[ConsumerRecord[bytes, bytes], PoisonMessage]] = []
         made: list[Claimed] = []
-        counts = {"applied": 0, "skipped": 0, "duplicates": 0, "deliveries": 0}
+        applied: list[ReceivedEvent] = []
+        counts = {"skipped": 0, "duplicates": 0, "deliveries": 0}
         async with self._pool.acquire() as conn, conn.transaction():
             for record in records:
                 try:
@@ -152,7 +156,7 @@ class NoticeProcessor:
                         new = await effect(conn, options, event)
                         made.extend(new)
                         counts["deliveries"] += len(new)
-                        counts["applied"] += 1
+                        applied.append(event)
                 except PoisonMessage as error:
                     poison.append((record, error))
                 except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as error:
@@ -164,7 +168,9 @@ class NoticeProcessor:
             # re-sends a dead letter (harmless) rather than losing one.
             for rejected, reason in poison:
                 await self._dead_letter(rejected, reason)
-        self.applied += counts["applied"]
+        # Committed: the notices (and this service's answers) exist from now on.
+        metrics.observe_propagation(CONSUMER, ((e.type.name, e.time) for e in applied))
+        self.applied += len(applied)
         self.skipped += counts["skipped"]
         self.duplicates += counts["duplicates"]
         self.deliveries += counts["deliveries"]
