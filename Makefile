@@ -17,7 +17,7 @@ PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproje
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install proto lint lint-deploy fmt test run bench clean
+.PHONY: help install proto lint lint-deploy fmt test run bench clean docs
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ lint: install ## ruff, ruff format --check, mypy --strict, buf lint and buf brea
 
 lint-deploy: install ## validate the Dockerfile, deploy/compose and deploy/k8s (offline; see deploy/README.md)
 	$(UV) run --frozen python scripts/lint_deploy.py
+
+docs: install ## regenerate docs/event-reference.md from proto/ and the event catalogue
+	$(UV) run --frozen python scripts/gen_event_catalogue.py
 
 fmt: install ## format and autofix
 	$(UV) run --frozen ruff format .

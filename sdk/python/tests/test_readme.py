@@ -41,7 +41,7 @@ async def test_readme_examples_work_as_written(
     readme_env: dict[str, str], preferences_url: str, tmp_path: Path
 ) -> None:
     blocks = readme_python_blocks()
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     # The preferences service learns of the tenant through the tenant topic: wait for it, as
     # a product would only call it once deployed.
     async with AsyncConsentry(
@@ -50,7 +50,7 @@ async def test_readme_examples_work_as_written(
         await api.preferences("someone")
     env = {**os.environ, **readme_env}
     # Independent examples (different subjects): run side by side.
-    consents, errors, rights, events = await asyncio.gather(
+    consents, errors, rights, events, traces = await asyncio.gather(
         *(run(block, env, tmp_path) for block in blocks)
     )
     assert consents.startswith("given ")
@@ -59,3 +59,4 @@ async def test_readme_examples_work_as_written(
     assert "completed True" in rights
     assert events.startswith("applied ")
     assert (tmp_path / "consent-events.sqlite").exists()
+    assert traces.startswith("traced ")

@@ -28,6 +28,7 @@ Wire = tuple[bytes | None, bytes | None, Headers]
 TENANT = "6f1c1f3e-54c5-4a55-9c6f-0c4c8d3b2a10"
 SUBJECT = "ab" * 32
 OTHER_PAYLOAD = encode(consent_event(TENANT, "cd" * 32, 2)).value
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def wire(**changes: object) -> Wire:
@@ -97,6 +98,25 @@ CHANGES: dict[str, Callable[[Wire], Wire]] = {
     "not a time": header("ce_time", b"yesterday"),
     "undecodable payload": lambda item: (item[0], b"\x08\xff\xff\xff", item[2]),
     "payload of another subject": lambda item: (item[0], OTHER_PAYLOAD, item[2]),
+    # CloudEvents Distributed Tracing: optional, and dropped (never poison) when at fault
+    "traced": lambda _: wire(traceparent=TRACEPARENT),
+    "traced with a tracestate": lambda _: wire(traceparent=TRACEPARENT, tracestate="congo=t61"),
+    "traced, sampled flag 00": lambda _: wire(traceparent=TRACEPARENT[:-2] + "00"),
+    "traceparent uppercase": plus("ce_traceparent", TRACEPARENT.upper().encode()),
+    "traceparent with a space": plus("ce_traceparent", b" " + TRACEPARENT.encode()),
+    "traceparent version 01 with more": plus("ce_traceparent", b"01" + TRACEPARENT[2:].encode()),
+    "traceparent version 00 with more": plus("ce_traceparent", TRACEPARENT.encode() + b"-ab"),
+    "traceparent of zero trace id": plus("ce_traceparent", f"00-{'0' * 32}-{'1' * 16}-01".encode()),
+    "traceparent of zero span id": plus("ce_traceparent", f"00-{'1' * 32}-{'0' * 16}-01".encode()),
+    "traceparent not UTF-8": plus("ce_traceparent", b"\xff\xfe"),
+    "traceparent None": plus("ce_traceparent", None),
+    "traceparent twice": lambda _: plus("ce_traceparent", TRACEPARENT.encode())(
+        wire(traceparent=TRACEPARENT)
+    ),
+    "tracestate alone": plus("ce_tracestate", b"congo=t61"),
+    "traced and a None tracestate": lambda _: plus("ce_tracestate", None)(
+        wire(traceparent=TRACEPARENT)
+    ),
 }
 
 
@@ -115,6 +135,8 @@ def test_decode_record_is_envelope_decode(change: Callable[[Wire], Wire]) -> Non
 def test_canonical_records_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     moments = [datetime(2026, 11, 29, 10, 11, 12, micro, tzinfo=UTC) for micro in (0, 1, 999999)]
     items = [wire(time=moment) for moment in moments]
+    moments.append(moments[0])  # traced as OpenTelemetry writes it: fast too
+    items.append(wire(time=moments[0], traceparent=TRACEPARENT))
     expected = [decode(*item) for item in items]
 
     def refuse(*_: object) -> ReceivedEvent:
@@ -126,6 +148,7 @@ def test_canonical_records_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -
         assert fast == reference
         assert fast.time == moment
         assert fast.time.utcoffset() is not None
+    assert decode_record(*items[-1]).traceparent == TRACEPARENT
 
 
 def test_the_cases_are_mostly_poison() -> None:
@@ -176,3 +199,15 @@ def test_entry_bytes_hold_the_event_time_as_timestamp_from_datetime(moment: date
     expected = Timestamp()
     expected.FromDatetime(moment)
     assert audit_pb2.AuditEntry.FromString(entry_bytes(event)).event_time == expected
+
+
+def test_entry_bytes_record_the_traceparent_and_leave_untraced_entries_as_they_were() -> None:
+    same = {"id": str(uuid.uuid4()), "time": datetime(2026, 11, 29, 10, 11, 12, tzinfo=UTC)}
+    traced = decode(*wire(traceparent=TRACEPARENT, tracestate="congo=t61", **same))
+    untraced = decode(*wire(**same))
+    entry = audit_pb2.AuditEntry.FromString(entry_bytes(traced))
+    assert entry.traceparent == TRACEPARENT
+    # the same event without a trace: exactly the bytes of an entry before field 10 existed
+    assert entry_bytes(untraced) == entry_bytes(dataclasses.replace(traced, traceparent=None))
+    entry.ClearField("traceparent")
+    assert entry.SerializeToString(deterministic=True) == entry_bytes(untraced)

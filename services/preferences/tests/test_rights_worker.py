@@ -30,7 +30,9 @@ REF = ref_of(EMAIL)
 
 
 def _wire(
-    message: rights_pb2.ErasureRequested | rights_pb2.AccessRequested, subject_ref: str = REF
+    message: rights_pb2.ErasureRequested | rights_pb2.AccessRequested,
+    subject_ref: str = REF,
+    traceparent: str | None = None,
 ) -> ReceivedEvent:
     event_type = (
         catalogue.ERASURE_REQUESTED
@@ -44,6 +46,7 @@ def _wire(
             subject_ref=subject_ref,
             message=message,
             source="/consentry/consent",
+            traceparent=traceparent,
         )
     )
     return decode(record.key, record.value, record.headers)
@@ -121,14 +124,14 @@ async def test_erasure_shreds_the_contact_and_keeps_the_subject_suppressed(
     assert reasons == [lists_pb2.SUPPRESSION_REASON_ERASED]
 
 
-def _erasure(subject_ref: str, request_id: str) -> ReceivedEvent:
+def _erasure(subject_ref: str, request_id: str, traceparent: str | None = None) -> ReceivedEvent:
     message = rights_pb2.ErasureRequested(
         tenant_id=str(TENANT_ID),
         subject_ref=subject_ref,
         request_id=request_id,
         kind=rights_pb2.REQUEST_KIND_ERASURE,
     )
-    return _wire(message, subject_ref)
+    return _wire(message, subject_ref, traceparent)
 
 
 async def test_a_batch_of_erasures_answers_as_one_event_at_a_time_would(
@@ -157,8 +160,9 @@ async def test_a_batch_of_erasures_answers_as_one_event_at_a_time_would(
         ),
         alan,
     )
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     batch = [
-        _erasure(ada, "r1"),
+        _erasure(ada, "r1", f"00-{trace_id}-00f067aa0ba902b7-01"),
         access,  # before Alan's erasure: his part still holds his contact
         _erasure(alan, "r1"),
         _erasure(ada, "r2"),
@@ -176,11 +180,13 @@ async def test_a_batch_of_erasures_answers_as_one_event_at_a_time_would(
             f"SELECT count(*) FROM {table} WHERE subject_ref = ANY($1::text[])", [ada, alan]
         )
         assert left == 0, table
+    answers = await outbox_events(db, catalogue.ERASURE_COMPLETED)
     completed = [
-        event.message
-        for event in await outbox_events(db, catalogue.ERASURE_COMPLETED)
-        if isinstance(event.message, rights_pb2.ErasureCompleted)
+        event.message for event in answers if isinstance(event.message, rights_pb2.ErasureCompleted)
     ]
+    # Each answer continues its request's trace: the traced one only.
+    traces = [(event.traceparent or "").split("-")[1:2] for event in answers]
+    assert traces == [[trace_id], [], [], []]
     full = ["preferences", "consent-copy", "subject", "contact", "data-key"]
     assert [(m.subject_ref, m.request_id, list(m.erased)) for m in completed] == [
         (ada, "r1", full),

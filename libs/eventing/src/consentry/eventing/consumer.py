@@ -18,6 +18,14 @@ handler raises `PoisonMessage`, the savepoint is rolled back and the batch goes 
 per-record path above, which applies the good records and dead-letters the one at fault.
 Exactly-once, ordering and dead-lettering are therefore the same on both paths.
 
+Traces (`consentry.eventing.tracing`): on the per-record path each record's claim and effect
+run in a consumer span whose parent is the event's `traceparent` (a non-recording span that
+is that parent when no OpenTelemetry SDK is configured), so every event the handler builds
+continues the trace of the event it handles. A `batch_handler` gets many events in one call,
+so the consumer cannot make one of them current: a batch handler that publishes events wraps
+the building of each in `tracing.continuing(event)`; events it builds outside one carry no
+trace.
+
 Metrics (`consentry.eventing.metrics`): once a batch's transaction commits, each event applied
 in it observes `consentry_propagation_seconds` (now - the event's CloudEvents time); each dead
 letter counts in `consentry_dead_letters_total`; after each batch `consentry_consumer_lag` is
@@ -33,7 +41,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from consentry.eventing import inbox, metrics
+from consentry.eventing import inbox, metrics, tracing
 from consentry.eventing.db import Connection, Pool
 from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, decode, utcnow
 from consentry.eventing.logs import get_logger
@@ -234,13 +242,14 @@ class EventConsumer:
         """The per-record path: a savepoint per record for its claim and effect."""
         for record, event in decoded:
             try:
-                async with conn.transaction():  # savepoint: one record's claim + effect
-                    if await inbox.claim(conn, self.name, event.id):
-                        await self._handler(conn, event)
-                        applied.append(event)
-                        self.applied += 1
-                    else:
-                        self.duplicates += 1
+                with tracing.continuing(event):
+                    async with conn.transaction():  # savepoint: one record's claim + effect
+                        if await inbox.claim(conn, self.name, event.id):
+                            await self._handler(conn, event)
+                            applied.append(event)
+                            self.applied += 1
+                        else:
+                            self.duplicates += 1
             except PoisonMessage as error:
                 poison.append((record, error))
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as error:

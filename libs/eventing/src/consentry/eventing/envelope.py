@@ -7,6 +7,13 @@ headers carry the CloudEvents attributes (`ce_id`, `ce_type`, `ce_source`,
 one subject lands on one partition, in order. Any CloudEvents SDK and any protobuf decoder can
 read our topics without our code; we use the `cloudevents` SDK's Kafka binding to build and
 parse the headers.
+
+Traces: an event may carry the CloudEvents Distributed Tracing extension, `ce_traceparent`
+and `ce_tracestate` (W3C Trace Context, `consentry.eventing.tracing`). An `Event` built
+without one takes the current OpenTelemetry context's trace, so whatever a service publishes
+while it handles a traced request or event continues that trace with no code of its own.
+`decode` reads them as optional headers: a malformed or repeated one is dropped (the event
+is then untraced), never poison.
 """
 
 from __future__ import annotations
@@ -24,12 +31,15 @@ from cloudevents.core.v1.event import CloudEvent
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from consentry.eventing import tracing
 from consentry.eventing.catalogue import EventType, lookup
 
 CONTENT_TYPE = "application/protobuf"
 SPECVERSION = "1.0"
 TENANT_EXTENSION = "tenant"
 REQUIRED_HEADERS = ("ce_id", "ce_type", "ce_source", "ce_specversion", "ce_tenant", "ce_subject")
+# Optional headers read apart from the CloudEvents SDK: at fault, they are dropped, not poison.
+TRACE_HEADERS = (tracing.TRACEPARENT_HEADER, tracing.TRACESTATE_HEADER)
 
 
 class PoisonMessage(ValueError):  # noqa: N818 - the domain's own word for it
@@ -95,7 +105,13 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """An event to publish: a catalogued type, its protobuf message and its subject."""
+    """An event to publish: a catalogued type, its protobuf message and its subject.
+
+    `traceparent` / `tracestate` (W3C, version-00 form): the trace the event continues. Left
+    out, they are the current OpenTelemetry context's when the event is built (none outside
+    a trace): the context of the code deciding to publish, which is where the cause is, not
+    of whichever task later encodes or relays it.
+    """
 
     type: EventType
     tenant_id: str
@@ -104,6 +120,15 @@ class Event:
     source: str
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     time: datetime = field(default_factory=utcnow)
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.traceparent is None:
+            headers = tracing.current()
+            if headers is not None:
+                object.__setattr__(self, "traceparent", headers.traceparent)
+                object.__setattr__(self, "tracestate", headers.tracestate)
 
     @property
     def key(self) -> bytes:
@@ -125,18 +150,22 @@ def encode(event: Event) -> KafkaRecord:
     """Encode an event as a CloudEvents binary-mode Kafka record."""
     if not isinstance(event.message, event.type.message):
         raise TypeError(f"{event.type.name} carries {event.type.message.__name__}")
+    attributes: dict[str, Any] = {
+        "id": event.id,
+        "type": event.type.name,
+        "source": event.source,
+        "specversion": SPECVERSION,
+        "time": event.time.astimezone(UTC),
+        "subject": event.subject_ref,
+        "datacontenttype": CONTENT_TYPE,
+        TENANT_EXTENSION: event.tenant_id,
+    }
+    if event.traceparent:
+        attributes[tracing.TRACEPARENT] = event.traceparent
+        if event.tracestate:
+            attributes[tracing.TRACESTATE] = event.tracestate
     cloud_event = CloudEvent(
-        attributes={
-            "id": event.id,
-            "type": event.type.name,
-            "source": event.source,
-            "specversion": SPECVERSION,
-            "time": event.time.astimezone(UTC),
-            "subject": event.subject_ref,
-            "datacontenttype": CONTENT_TYPE,
-            TENANT_EXTENSION: event.tenant_id,
-        },
-        data=event.message.SerializeToString(deterministic=True),
+        attributes=attributes, data=event.message.SerializeToString(deterministic=True)
     )
     message = ce_kafka.to_binary(cloud_event, _FORMAT, key_mapper=lambda _: event.key)
     key = message.key.encode() if isinstance(message.key, str) else message.key
@@ -161,6 +190,27 @@ class ReceivedEvent:
     data: bytes
     message: Message
     key: bytes | None
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+
+def _trace_of(headers: Sequence[tuple[str, bytes | None]]) -> tracing.TraceHeaders | None:
+    """The record's trace headers as OpenTelemetry reads them; None if absent, repeated,
+    not UTF-8 or malformed (the event is then simply untraced)."""
+    found: dict[str, list[bytes | None]] = {}
+    for name, value in headers:
+        if name in TRACE_HEADERS:
+            found.setdefault(name, []).append(value)
+    parents = found.get(tracing.TRACEPARENT_HEADER, [])
+    states = found.get(tracing.TRACESTATE_HEADER, [])
+    if len(parents) != 1 or parents[0] is None or len(states) > 1:
+        return None
+    try:
+        traceparent = parents[0].decode()
+        tracestate = states[0].decode() if states and states[0] is not None else None
+    except UnicodeDecodeError:
+        return None
+    return tracing.parse(traceparent, tracestate)
 
 
 def _headers_dict(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, bytes]:
@@ -180,8 +230,9 @@ def decode(
     """Decode a binary-mode record; raise `PoisonMessage` with a reason if it is unusable."""
     if value is None:
         raise PoisonMessage("no-value")
+    trace = _trace_of(headers)
     try:
-        header_map = _headers_dict(headers)
+        header_map = _headers_dict([item for item in headers if item[0] not in TRACE_HEADERS])
         missing = [name for name in REQUIRED_HEADERS if name not in header_map]
         if missing:
             raise PoisonMessage("missing-headers", ",".join(missing))
@@ -230,6 +281,8 @@ def decode(
         data=value,
         message=message,
         key=key,
+        traceparent=trace.traceparent if trace else None,
+        tracestate=trace.tracestate if trace else None,
     )
 
 

@@ -6,7 +6,7 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 
-from consentry.eventing import metrics
+from consentry.eventing import metrics, tracing
 from consentry.eventing.logs import get_logger
 from consentry.eventing.settings import load_settings
 
@@ -31,6 +31,7 @@ def run_worker(worker: Worker) -> None:
     """Run `worker(stop)` until it returns; SIGTERM or SIGINT sets `stop`. With
     `CONSENTRY_METRICS_PORT` set, the process's metrics are served there (`GET /metrics`)."""
     settings = load_settings(metrics.MetricsSettings)
+    tracing.configure(settings.service_name)  # only when OTEL_* variables ask for it
     server = metrics.serve_metrics(settings)
     if server is not None:
         log.info("serving metrics", port=server.server_port)

@@ -1,4 +1,5 @@
-"""ASGI middleware: request log and metrics by route template, and a request-body size limit."""
+"""ASGI middleware: trace context, request log and metrics by route template, and a
+request-body size limit."""
 
 from __future__ import annotations
 
@@ -8,15 +9,71 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from consentry.eventing import metrics
+from consentry.eventing import metrics, tracing
 from consentry.eventing.logs import get_logger
 
 log = get_logger("consentry.http")
 
 # Metric label values: any other method (a client may send anything) counts as OTHER.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class TraceContext:
+    """Runs each request under the W3C trace context of its `traceparent` / `tracestate`
+    headers, as a server span (`tracing.span`): the events the request causes carry its
+    trace. Without an OpenTelemetry SDK the span is the caller's own span context, so the
+    caller's trace id and span id flow on unchanged; with one, a server span named
+    `<method> <route template>` is recorded. A malformed or repeated `traceparent` starts a
+    new trace (W3C: never an error). Span attributes name the route template, never the raw
+    path or query, which may hold a subject identifier."""
+
+    def __init__(self, app: ASGIApp, tracer_provider: TracerProvider | None = None) -> None:
+        self.app = app
+        self.tracer = trace.get_tracer("consentry.httpapi", tracer_provider=tracer_provider)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        parents: list[str] = []
+        states: list[str] = []
+        for name, value in scope["headers"]:
+            if name == b"traceparent":
+                parents.append(value.decode("latin-1"))
+            elif name == b"tracestate":
+                states.append(value.decode("latin-1"))  # several fields: one list (RFC 9110)
+        method = scope["method"] if scope["method"] in _METHODS else "_OTHER"
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with tracing.span(
+            method,
+            traceparent=parents[0] if len(parents) == 1 else None,
+            tracestate=",".join(states) or None,
+            kind=SpanKind.SERVER,
+            tracer=self.tracer,
+            attributes={"http.request.method": method, "url.scheme": scope.get("scheme", "")},
+        ) as span:
+            try:
+                await self.app(scope, receive, send_wrapper)
+            finally:
+                if span.is_recording():
+                    template = getattr(scope.get("route"), "path", None)
+                    if template:
+                        span.update_name(f"{method} {template}")
+                        span.set_attribute("http.route", template)
+                    span.set_attribute("http.response.status_code", status)
+                    if status >= 500:
+                        span.set_status(Status(StatusCode.ERROR))
 
 
 class RequestLog:
@@ -51,12 +108,14 @@ class RequestLog:
             labels = (self.service, template, method, str(status))
             metrics.HTTP_REQUESTS.labels(*labels).inc()
             metrics.HTTP_DURATION.labels(*labels).observe(duration)
+            traced = tracing.current()  # the request's, when TraceContext runs outside
             log.info(
                 "request",
                 method=scope["method"],
                 route=template,
                 status=status,
                 duration_ms=round(duration * 1000, 2),
+                **({"trace_id": traced.trace_id} if traced else {}),
             )
 
 

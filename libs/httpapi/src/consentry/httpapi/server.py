@@ -13,10 +13,10 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field, SecretStr, model_validator
 
-from consentry.eventing import metrics
+from consentry.eventing import metrics, tracing
 from consentry.eventing.settings import ConsentrySettings, Environment
 from consentry.httpapi import problems
-from consentry.httpapi.middleware import BodySizeLimit, RequestLog
+from consentry.httpapi.middleware import BodySizeLimit, RequestLog, TraceContext
 
 # The well-known development key `make run` uses; refused in production.
 DEV_API_KEY = "consentry-dev-key"
@@ -113,12 +113,15 @@ def health_router(readiness: dict[str, Check]) -> APIRouter:
 def harden(
     app: FastAPI, settings: HttpSettings, body_limits: Mapping[str, int] | None = None
 ) -> FastAPI:
-    """Install problem details, the request log and metrics, the body-size limit and
-    `GET /metrics` (Prometheus text, no personal data) on `app` (`body_limits`: other limits
-    for exact paths, e.g. batch endpoints)."""
+    """Install problem details, the trace context, the request log and metrics, the body-size
+    limit and `GET /metrics` (Prometheus text, no personal data) on `app` (`body_limits`:
+    other limits for exact paths, e.g. batch endpoints). Exported traces are turned on here,
+    in each API process, when `OTEL_*` variables ask for them (`tracing.configure`)."""
     problems.install(app)
+    tracing.configure(metrics.service_name())
     app.add_middleware(BodySizeLimit, max_bytes=settings.http_max_body_bytes, per_path=body_limits)
     app.add_middleware(RequestLog, service=metrics.service_name())
+    app.add_middleware(TraceContext)  # outermost: the request log sees the request's trace
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:  # sync: collection runs in the thread pool

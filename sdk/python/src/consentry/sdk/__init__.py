@@ -1,5 +1,6 @@
 """consentry's Python SDK: `AsyncConsentry` / `Consentry` for the HTTP APIs, typed errors,
-and (extra `events`) `consentry.sdk.producer.EventProducer` for the intake topic."""
+and (extra `events`) `consentry.sdk.producer.EventProducer` for the intake topic; `traced`
+names the W3C trace both carry (`consentry.sdk.tracing`)."""
 
 from consentry.sdk.client import NO_RETRY, AsyncConsentry, Consentry, Retry
 from consentry.sdk.errors import (
@@ -19,6 +20,7 @@ from consentry.sdk.errors import (
     error_class,
     register,
 )
+from consentry.sdk.tracing import traced
 
 __all__ = [
     "NO_RETRY",
@@ -40,4 +42,5 @@ __all__ = [
     "ValidationFailed",
     "error_class",
     "register",
+    "traced",
 ]

@@ -17,7 +17,7 @@ from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
 
 import httpx
 
-from consentry.sdk import _calls
+from consentry.sdk import _calls, tracing
 from consentry.sdk._calls import Call
 from consentry.sdk.errors import raise_for_problem, retry_after_seconds
 from consentry.sdk.models import RightsRequest
@@ -102,12 +102,14 @@ class _Base:
         }
 
     def _request(self, call: Call[Any]) -> httpx.Request:
+        # The current trace (OpenTelemetry's, or `tracing.traced`'s), unless the client's
+        # own `headers` name one.
         return httpx.Request(
             call.method,
             self._urls[call.service] + call.path,
             params=call.params or None,
             json=call.json,
-            headers={**self._headers, **call.headers},
+            headers={**tracing.headers(), **self._headers, **call.headers},
         )
 
     @staticmethod

@@ -12,6 +12,10 @@ what the broker acknowledged. While the broker is unreachable events wait there;
 retries with backoff and sends them when it is back. The buffer is bounded (`max_buffered`):
 `capture` raises `BufferFull` beyond it rather than losing an event silently.
 
+Traces: an event carries the current OpenTelemetry trace (or `consentry.sdk.traced`'s) as
+`ce_traceparent` / `ce_tracestate`, or the `traceparent` given to `capture`; the consent
+service's events continue it and the audit entry records it.
+
 `flush()` waits until the buffer is empty. `close()` flushes (up to its timeout), stops the
 sender and returns how many events are still unsent: with a file buffer they are sent by the
 next producer opened on the same file; with the in-memory buffer they are lost.
@@ -35,6 +39,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from consentry.consent.v1 import consent_pb2
+from consentry.eventing import tracing
 from consentry.eventing.catalogue import CONSENT_CAPTURE_REQUESTED
 from consentry.eventing.envelope import Event, KafkaRecord, encode, to_timestamp
 from consentry.sdk.models import Status
@@ -172,12 +177,19 @@ class EventProducer:
         gpc: bool = False,
         age: int | None = None,
         event_id: str | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> str:
         """Buffer one capture of the subject's decisions (purpose -> given | withdrawn) and
         return its event id (`event_id`, or a new UUID): pass the same id to send the same
-        capture again, the intake applies it once. Raises `BufferFull` when the buffer is."""
+        capture again, the intake applies it once. Raises `BufferFull` when the buffer is.
+        `traceparent` (W3C; `ValueError` if malformed) is the event's trace; by default, the
+        current one."""
         if not decisions:
             raise ValueError("at least one decision is required")
+        trace = tracing.parse(traceparent, tracestate) if traceparent else tracing.current()
+        if traceparent and trace is None:
+            raise ValueError("traceparent is not a W3C traceparent")
         message = consent_pb2.ConsentCaptureRequested(
             tenant_id=self.tenant_id,
             subject_ref=subject_ref,
@@ -201,6 +213,8 @@ class EventProducer:
             message=message,
             source=self._source,
             id=event_id or str(uuid.uuid4()),
+            traceparent=trace.traceparent if trace else None,
+            tracestate=trace.tracestate if trace else None,
         )
         if len(self._buffer) >= self._max_buffered:
             raise BufferFull(f"{self._max_buffered} events are waiting for the broker")

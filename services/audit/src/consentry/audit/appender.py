@@ -29,6 +29,14 @@ k commits, without a round trip in between. Per-tenant order and exactly-once st
   is not appended again (UNIQUE (tenant_id, event_id), checked under the head lock) and gets
   no EntryAppended event, so a redelivered record, or a part applied again, changes nothing.
 
+**Traces.** An event's `ce_traceparent` is read by the decode (`records.decode_record`, a
+header lookup on the fast path) and stored in its entry (`AuditEntry.traceparent`), so the
+entry, and the EntryAppended event that carries its bytes, names the trace that caused it.
+The appender starts no span per event and makes no event's trace current: its parts append
+many events at once, and the EntryAppended envelopes are built once per tenant and batch
+(`events.entry_appended_envelopes`), so the audit topic's records carry no `ce_traceparent`
+of their own. A follower reads the trace from the entry bytes.
+
 **Refusals, failures and metrics** as in `EventConsumer` (ADR 0003): a part's append runs in a
 savepoint; if PostgreSQL refuses it, the part is appended record by record (a savepoint
 each) and a record the database refuses as invalid data is dead-lettered with

@@ -27,8 +27,25 @@ class ChainReport(BaseModel):
     broken: BrokenEntry | None = None
 
 
+class TraceOut(BaseModel):
+    """The W3C trace the audited event carried (`ce_traceparent`), as in the entry bytes."""
+
+    traceparent: str = Field(description="W3C traceparent, version-00 form")
+    trace_id: str = Field(description="32 hex digits: look the trace up in your tracing backend")
+    parent_id: str = Field(description="16 hex digits: the span that published the event")
+
+
+class AuditEntryMetadata(BaseModel):
+    """What the entry bytes say about the event besides its payload."""
+
+    trace: TraceOut | None = Field(
+        default=None, description="the event's trace; null when it carried none"
+    )
+
+
 class AuditEntryOut(BaseModel):
-    """One entry of the chain, as stored (entry bytes base64 in `entry`)."""
+    """One entry of the chain, as stored (entry bytes base64 in `entry`); `metadata` is read
+    from those bytes (it is covered by the hashes)."""
 
     seq: int
     event_id: str
@@ -38,6 +55,7 @@ class AuditEntryOut(BaseModel):
     leaf_hash: str
     chain_hash: str
     appended_at: datetime
+    metadata: AuditEntryMetadata = Field(default_factory=AuditEntryMetadata)
 
 
 class AuditEntryPage(BaseModel):

@@ -23,7 +23,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def entry_bytes(event: ReceivedEvent) -> bytes:
-    """The bytes stored (and hashed) for one event: a serialised AuditEntry."""
+    """The bytes stored (and hashed) for one event: a serialised AuditEntry, with the
+    event's traceparent when it had one (an untraced event's bytes are as they always were)."""
     return audit_pb2.AuditEntry(
         tenant_id=event.tenant_id,
         event_id=event.id,
@@ -34,6 +35,7 @@ def entry_bytes(event: ReceivedEvent) -> bytes:
         content_type=CONTENT_TYPE,
         data=event.data,
         topic=event.type.topic,
+        traceparent=event.traceparent or "",
     ).SerializeToString(deterministic=True)
 
 

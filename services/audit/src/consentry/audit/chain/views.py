@@ -11,12 +11,16 @@ from fastapi.responses import StreamingResponse
 
 from consentry.audit.chain import proofs, repository, service
 from consentry.audit.chain.models import (
+    AuditEntryMetadata,
     AuditEntryOut,
     AuditEntryPage,
     ChainReport,
     CheckpointOut,
     Jwks,
+    TraceOut,
 )
+from consentry.audit.v1 import audit_pb2
+from consentry.eventing import tracing
 from consentry.eventing.db import Pool
 from consentry.httpapi.auth import AuditRead
 from consentry.httpapi.problems import Problem
@@ -63,11 +67,24 @@ async def entries(
             leaf_hash=row["leaf_hash"].hex(),
             chain_hash=row["chain_hash"].hex(),
             appended_at=row["appended_at"],
+            metadata=_metadata(row["entry"]),
         )
         for row in rows
     ]
     return AuditEntryPage(
         entries=items, next_after_seq=items[-1].seq if len(items) == limit else None
+    )
+
+
+def _metadata(entry: bytes) -> AuditEntryMetadata:
+    """The metadata held in stored entry bytes (the trace, if the event had one)."""
+    traced = tracing.parse(audit_pb2.AuditEntry.FromString(entry).traceparent)
+    if traced is None:
+        return AuditEntryMetadata()
+    return AuditEntryMetadata(
+        trace=TraceOut(
+            traceparent=traced.traceparent, trace_id=traced.trace_id, parent_id=traced.parent_id
+        )
     )
 
 

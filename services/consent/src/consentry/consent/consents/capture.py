@@ -10,6 +10,11 @@ the database (a subject already flagged as a child) is refused here, per capture
 
 Per purpose, a decision equal to the current one (same status and policy version, no
 re-consent pending) is not recorded again: it changes nothing and publishes nothing.
+
+Traces: a capture keeps the trace current where it is built (the HTTP request's, or the
+intake event's), and its decisions' events carry that trace. The events are built later, in
+the group-commit writer's task, where the current trace is whatever that task has (none),
+so it is the capture that carries it there, not the context.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from consentry.consent.consents.models import (
     ConsentStatus,
     RecordedDecision,
 )
-from consentry.eventing import outbox
+from consentry.eventing import outbox, tracing
 from consentry.eventing.db import Connection
 from consentry.httpapi.problems import Problem
 
@@ -61,6 +66,8 @@ class Capture:
     child: bool = False  # the capture carried an age signal under CHILD_AGE
     client_fingerprint: str | None = None
     receipt_id: UUID = field(default_factory=uuid.uuid4)
+    # The trace current where the capture is built (its request's or intake event's).
+    trace: tracing.TraceHeaders | None = field(default_factory=tracing.current)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +134,7 @@ async def apply_captures(
     start_versions = dict(versions)
     results: list[CaptureOutcome | Problem] = []
     recorded_all: list[RecordedDecision] = []
+    traces: list[tracing.TraceHeaders | None] = []  # the capture's trace, per recorded_all
     last_position: dict[tuple[str, str], int] = {}
     for capture in captures:
         ref = capture.subject_ref
@@ -169,6 +177,7 @@ async def apply_captures(
             state = entry.state(updated_at=now)
             current[key] = state
             recorded_all.append(entry)
+            traces.append(capture.trace)
             last_position[key] = len(recorded_all)  # 1-based, as SQL arrays
             recorded.append(entry)
             states.append(state)
@@ -181,6 +190,9 @@ async def apply_captures(
             decisions=recorded_all,
             last_per_purpose=sorted(last_position.values()),
             subject_versions=changed,
-            events=outbox.columns(decision_event(entry) for entry in recorded_all),
+            events=outbox.columns(
+                decision_event(entry, trace)
+                for entry, trace in zip(recorded_all, traces, strict=True)
+            ),
         )
     return results

@@ -6,7 +6,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from consentry.consent.consents.models import ConsentMethod, ConsentStatus, RecordedDecision
 from consentry.consent.v1 import consent_pb2
-from consentry.eventing import catalogue
+from consentry.eventing import catalogue, tracing
 from consentry.eventing.envelope import Event
 
 SOURCE = "/consentry/consent"
@@ -21,8 +21,9 @@ METHODS = {
 }
 
 
-def decision_event(decision: RecordedDecision) -> Event:
-    """The `consent.given` or `consent.withdrawn` event of one recorded decision."""
+def decision_event(decision: RecordedDecision, trace: tracing.TraceHeaders | None = None) -> Event:
+    """The `consent.given` or `consent.withdrawn` event of one recorded decision, in `trace`
+    (that of the capture; else the current one)."""
     timestamp = Timestamp()
     timestamp.FromDatetime(decision.occurred_at)
     facts = consent_pb2.ConsentDecision(
@@ -53,4 +54,6 @@ def decision_event(decision: RecordedDecision) -> Event:
         source=SOURCE,
         id=str(decision.event_id),
         time=decision.occurred_at,
+        traceparent=trace.traceparent if trace else None,
+        tracestate=trace.tracestate if trace else None,
     )

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from consentry.eventing import kafka, outbox, rights, topics
+from consentry.eventing import kafka, outbox, rights, topics, tracing
 from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection, create_pool, set_tenant
 from consentry.eventing.envelope import Event, ReceivedEvent, utcnow
@@ -214,8 +214,10 @@ class RightsHandler:
         for event in run:
             message = event.message
             assert isinstance(message, rights_pb2.ErasureRequested)
-            # The first event of a subject erased it; a repeat finds nothing left.
-            completed.append(_completed(event, message, erased.pop(event.subject_ref, [])))
+            # The first event of a subject erased it; a repeat finds nothing left. Each answer
+            # continues the trace of the request it answers.
+            with tracing.continuing(event):
+                completed.append(_completed(event, message, erased.pop(event.subject_ref, [])))
         await outbox.add_many(conn, completed)
 
 
