@@ -105,6 +105,27 @@ def test_valid_export_with_key_rotation(tmp_path: Path) -> None:
     assert fast[0] == 30
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_progress_is_reported_up_to_the_whole_file(tmp_path: Path, workers: int) -> None:
+    path = write_export(tmp_path / "e.jsonl", rows(ENTRIES), CPS)
+    seen: list[tuple[int, int]] = []
+    report = cv.verify_export(
+        str(path), workers=workers, progress=lambda done, total: seen.append((done, total))
+    )
+    assert report == cv.verify_export(str(path), fast=False)
+    total = path.stat().st_size - len(path.read_bytes().split(b"\n", 1)[0]) - 1
+    assert len(seen) > 1  # segment by segment, not only at the end
+    assert {t for _, t in seen} == {total}
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert seen[-1] == (total, total)
+    # Tampering is still found when the file is cut in more segments.
+    tampered = rows(ENTRIES)
+    tampered[17] = {**tampered[17], "entry": b64(make_entry(99))}
+    bad = write_export(tmp_path / "bad.jsonl", tampered, CPS)
+    with pytest.raises(cv.VerificationError, match="seq 18"):
+        cv.verify_export(str(bad), workers=workers, progress=lambda done, total: None)
+
+
 def test_entries_after_the_last_checkpoint_and_non_canonical_layout(tmp_path: Path) -> None:
     records = rows([*ENTRIES, make_entry(31), make_entry(32)])
     path = tmp_path / "e.jsonl"

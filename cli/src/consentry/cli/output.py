@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
@@ -115,12 +116,13 @@ class Output:
         """A message for people on stderr (never part of the result)."""
         self.err.print(text, highlight=False, markup=False)
 
-    def progress(self, *, counted: bool = True) -> Progress:
-        """A progress display on stderr: a bar with counts and ETA, or (`counted=False`) a
-        spinner with the elapsed time for work whose size is unknown."""
+    def progress(self, *, counted: bool = True, in_bytes: bool = False) -> Progress:
+        """A progress display on stderr: a bar with counts (`in_bytes`: sizes) and ETA, or
+        (`counted=False`) a spinner with the elapsed time for work whose size is unknown."""
         columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
         if counted:
-            columns += [BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+            done = DownloadColumn() if in_bytes else MofNCompleteColumn()
+            columns += [BarColumn(), done, TimeRemainingColumn()]
         columns.append(TimeElapsedColumn())
         return Progress(*columns, console=self.err, transient=False)
 

@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +41,10 @@ _LINE_END = ', "entry": "", "leaf_hash": "", "chain_hash": ""}\n'
 _CHUNK = 1 << 18
 _BAD = (KeyError, TypeError, ValueError, AttributeError, binascii.Error)
 Checkpoints = dict[int, list["Checkpoint"]]
+# verify_export's progress callback: (bytes of entries checked, bytes of entries in all).
+Progress = Callable[[int, int], None]
+# With a progress callback, segments per worker process (each reported when scanned).
+_PROGRESS_SEGMENTS = 8
 
 
 class VerificationError(Exception):
@@ -380,22 +384,36 @@ def _scan_segment(path: str, begin: int, end: int, cuts: Sequence[int]) -> Segme
     return None
 
 
-def _fast_export(path: str, begin: int, cps: Checkpoints, workers: int) -> tuple[int, bytes] | None:
-    """Verify a canonical export in parallel; None means: run the exact sequential check."""
+def _fast_export(
+    path: str, begin: int, cps: Checkpoints, workers: int, progress: Progress | None = None
+) -> tuple[int, bytes] | None:
+    """Verify a canonical export in parallel; None means: run the exact sequential check.
+    With `progress`, the file is cut in more segments than workers (8 per worker), reported
+    as each is scanned."""
     end, bounds = os.path.getsize(path), [begin]
+    parts = workers * _PROGRESS_SEGMENTS if progress is not None else workers
     with open(path, "rb") as f:
-        for k in range(1, workers):
-            f.seek(max(begin + (end - begin) * k // workers - 1, bounds[-1]))
+        for k in range(1, parts):
+            f.seek(max(begin + (end - begin) * k // parts - 1, bounds[-1]))
             f.readline()
             bounds.append(min(f.tell(), end))
     bounds.append(end)
     jobs = [(path, a, b, sorted(cps)) for a, b in itertools.pairwise(bounds) if a < b]
-    if len(jobs) > 1:
+    segments: list[Segment | None] = []
+    if workers > 1 and len(jobs) > 1:
         method = "fork" if threading.active_count() == 1 and os.name == "posix" else "spawn"
-        with multiprocessing.get_context(method).Pool(len(jobs)) as pool:
-            segments = pool.starmap(_scan_segment, jobs)
+        with multiprocessing.get_context(method).Pool(min(workers, len(jobs))) as pool:
+            for (_, _, job_end, _), seg in zip(
+                jobs, pool.imap(_scan_job, jobs), strict=True
+            ):  # in order
+                segments.append(seg)
+                if progress is not None:
+                    progress(job_end - begin, end - begin)
     else:
-        segments = [_scan_segment(*job) for job in jobs]
+        for job in jobs:
+            segments.append(_scan_segment(*job))
+            if progress is not None:
+                progress(job[2] - begin, end - begin)
     tree, prev = TreeBuilder(), GENESIS
     for seg in segments:
         if seg is None or seg[0] != tree.size + 1 or chain_hash(prev, seg[2]) != seg[3]:
@@ -410,6 +428,10 @@ def _fast_export(path: str, begin: int, cps: Checkpoints, workers: int) -> tuple
     if tree.size < max(cps, default=0) or {c.root_hash for c in cps.get(0, ())} - {EMPTY_ROOT}:
         return None
     return tree.size, prev
+
+
+def _scan_job(job: tuple[str, int, int, Sequence[int]]) -> Segment | None:
+    return _scan_segment(*job)
 
 
 def _record(raw: bytes, lineno: int) -> tuple[int, bytes, bytes, bytes]:
@@ -493,9 +515,15 @@ class ExportReport:
 
 
 def verify_export(
-    path: str, *, jwks: Any = None, workers: int | None = None, fast: bool = True
+    path: str,
+    *,
+    jwks: Any = None,
+    workers: int | None = None,
+    fast: bool = True,
+    progress: Progress | None = None,
 ) -> ExportReport:
-    """Verify an export: checkpoint signatures, seq contiguity, hashes, chain, checkpoint roots."""
+    """Verify an export: checkpoint signatures, seq contiguity, hashes, chain, checkpoint roots.
+    `progress(done, total)` is told the bytes of entries checked so far (for a progress bar)."""
     with open(path, "rb") as f:
         try:
             header = json.loads(f.readline())
@@ -515,11 +543,14 @@ def verify_export(
     if workers is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         workers = min(cores, 8) if os.path.getsize(path) - begin > 1 << 23 else 1
-    done = _fast_export(path, begin, cps, max(workers, 1)) if fast else None
+    done = _fast_export(path, begin, cps, max(workers, 1), progress) if fast else None
     if done is None:
         with open(path, "rb") as f:
             f.seek(begin)
             done = _sequential_export(f, cps)
+        if progress is not None:
+            total = os.path.getsize(path) - begin
+            progress(total, total)
     last = max(
         (c for group in cps.values() for c in group), key=lambda c: c.tree_size, default=None
     )
