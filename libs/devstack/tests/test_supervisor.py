@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import psutil
@@ -183,3 +184,34 @@ def test_children_die_with_a_sigkilled_supervisor() -> None:
     with contextlib.suppress(psutil.NoSuchProcess):  # it may be gone already: that is the point
         psutil.wait_procs([psutil.Process(child)], timeout=5)
     assert not _alive(child)
+
+
+async def test_with_a_log_dir_a_child_never_waits_for_the_event_loop(tmp_path: Path) -> None:
+    # A test's synchronous code may hold the event loop for minutes; a child whose output
+    # went through a pipe pumped by the loop would block once the pipe filled (64 KiB).
+    done = tmp_path / "done"
+    talker = (
+        "import pathlib, sys\n"
+        "for n in range(20_000): print('line', n, 'x' * 60)\n"
+        "sys.stdout.flush()\n"
+        f"pathlib.Path({str(done)!r}).touch()\n"
+        "import time; time.sleep(600)\n"
+    )
+    supervisor = Supervisor(out=io.StringIO(), log_dir=tmp_path)
+    await supervisor.start([ProcessSpec("talker", [PY, "-c", talker])])
+    try:
+        deadline = time.monotonic() + 30
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # noqa: ASYNC251 - blocking the loop on purpose
+        assert done.exists()
+        assert (tmp_path / "talker.log").stat().st_size > 1_000_000
+    finally:
+        await supervisor.stop()
+
+
+async def test_a_logged_child_that_exits_reports_its_last_lines(tmp_path: Path) -> None:
+    supervisor = Supervisor(out=io.StringIO(), log_dir=tmp_path)
+    spec = ProcessSpec("quits", [PY, "-c", "print('boom: no broker'); raise SystemExit(3)"])
+    await supervisor.start([spec])
+    with pytest.raises(ChildExitedError, match="boom: no broker"):
+        await asyncio.wait_for(supervisor.wait(), 30)

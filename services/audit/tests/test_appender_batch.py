@@ -139,9 +139,16 @@ async def test_redeliveries_append_once_and_a_refused_record_fails_alone(
     )
     reasons = {header(r, "ce_id") or "no-id": header(r, "dlq.reason") for r in dead}
     assert reasons == {refused.id: "rejected-by-database", "no-id": "missing-headers"}
-    for reason in ("rejected-by-database", "missing-headers"):  # the metrics, as EventConsumer's
-        sample = {"consumer": group, "reason": reason}
-        assert metrics.REGISTRY.get_sample_value("consentry_dead_letters_total", sample) == 1
+    # The metrics, as EventConsumer's. The group reads the topic from its start, where other
+    # tests' poison without headers may lie too: that reason counts at least this test's one.
+    counted = {
+        reason: metrics.REGISTRY.get_sample_value(
+            "consentry_dead_letters_total", {"consumer": group, "reason": reason}
+        )
+        for reason in ("rejected-by-database", "missing-headers")
+    }
+    assert counted["rejected-by-database"] == 1
+    assert (counted["missing-headers"] or 0) >= 1
     sample = {"consumer": group, "kind": "consent"}
     observed = metrics.REGISTRY.get_sample_value("consentry_propagation_seconds_count", sample)
     assert observed == appender.applied >= len(good)

@@ -12,12 +12,13 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TextIO
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from consentry.devstack.spawning import death_signal_preexec, group_alive, signal_group
 
 _TAIL_LINES = 40
+_TAIL_BYTES = 16_384
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,23 @@ class ProcessNotReadyError(RuntimeError):
 class _Child:
     spec: ProcessSpec
     proc: asyncio.subprocess.Process
-    tail: deque[str]
+    lines: deque[str]
+    log: Path | None = None  # the child writes here itself (no pipe)
     pump: asyncio.Task[None] | None = None
     watcher: asyncio.Task[None] | None = None
+
+    @property
+    def tail(self) -> list[str]:
+        """The child's last lines of output (for error messages)."""
+        if self.log is None:
+            return list(self.lines)
+        try:
+            with self.log.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - _TAIL_BYTES))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return []
+        return text.splitlines()[-_TAIL_LINES:]
 
 
 async def http_status(url: str, seconds: float = 2.0) -> int | None:
@@ -139,7 +154,7 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(child.pump), 2.0)
         if returncode != 0:
-            raise ChildExitedError(spec.name, returncode, list(child.tail))
+            raise ChildExitedError(spec.name, returncode, child.tail)
 
     async def stop(self) -> None:
         """SIGTERM every child's process group, SIGKILL what is left after the timeout."""
@@ -173,51 +188,53 @@ class Supervisor:
         if self._stop_task is not None:
             raise RuntimeError("this supervisor is stopped; use a new one")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
+        # With a log directory the child writes its log file itself: its output never waits
+        # for this event loop (a test's synchronous code may hold the loop for minutes, and a
+        # full pipe would block the child). Otherwise a pipe, pumped to our output prefixed.
+        log = None if self._log_dir is None else self._log_dir / f"{spec.name}.log"
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *spec.argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=death_signal_preexec(signal.SIGTERM),
-            )
+            with contextlib.ExitStack() as files:
+                stdout: Any = (
+                    asyncio.subprocess.PIPE if log is None else files.enter_context(log.open("ab"))
+                )
+                proc = await asyncio.create_subprocess_exec(
+                    *spec.argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=death_signal_preexec(signal.SIGTERM),
+                )
         except OSError as err:
             raise RuntimeError(
                 f"cannot start process {spec.name!r} ({spec.argv[0]}): {err}"
             ) from err
-        child = _Child(spec, proc, deque(maxlen=_TAIL_LINES))
-        child.pump = asyncio.create_task(self._pump(child, width))
+        child = _Child(spec, proc, deque(maxlen=_TAIL_LINES), log)
+        if log is None:
+            child.pump = asyncio.create_task(self._pump(child, width))
         if not one_shot:
             child.watcher = asyncio.create_task(self._watch(child))
         return child
 
     async def _pump(self, child: _Child, width: int) -> None:
         assert child.proc.stdout is not None
-        sink: IO[str] | None = None
-        if self._log_dir is not None:
-            self._log_dir.mkdir(parents=True, exist_ok=True)
-            sink = (self._log_dir / f"{child.spec.name}.log").open("a", encoding="utf-8")
         prefix = f"{child.spec.name:<{width}} | "
         pending = b""
-        try:
-            while chunk := await child.proc.stdout.read(65536):
-                *lines, pending = (pending + chunk).split(b"\n")
-                for raw in lines:
-                    self._emit(child, sink, prefix, raw.decode("utf-8", "replace"))
-            if pending:
-                self._emit(child, sink, prefix, pending.decode("utf-8", "replace"))
-        finally:
-            if sink is not None:
-                sink.close()
+        while chunk := await child.proc.stdout.read(65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for raw in lines:
+                self._emit(child, prefix, raw.decode("utf-8", "replace"))
+        if pending:
+            self._emit(child, prefix, pending.decode("utf-8", "replace"))
 
-    def _emit(self, child: _Child, sink: IO[str] | None, prefix: str, line: str) -> None:
-        child.tail.append(line)
-        target = sink if sink is not None else self._out
+    def _emit(self, child: _Child, prefix: str, line: str) -> None:
+        child.lines.append(line)
         with contextlib.suppress(OSError, ValueError):  # e.g. `make run | head`: keep running
-            target.write(line + "\n" if sink is not None else prefix + line + "\n")
-            target.flush()
+            self._out.write(prefix + line + "\n")
+            self._out.flush()
 
     async def _watch(self, child: _Child) -> None:
         returncode = await child.proc.wait()
@@ -226,7 +243,7 @@ class Supervisor:
         if child.pump is not None:  # let the last lines arrive before reporting
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(child.pump), 2.0)
-        self._failure = ChildExitedError(child.spec.name, returncode, list(child.tail))
+        self._failure = ChildExitedError(child.spec.name, returncode, child.tail)
         banner = "!" * 72
         self._out.write(f"{banner}\nsupervisor: {self._failure}\nsupervisor: stopping all\n")
         self._out.write(f"{banner}\n")
@@ -242,7 +259,7 @@ class Supervisor:
         while time.monotonic() < deadline:
             if child.proc.returncode is not None or self._failure is not None:
                 raise self._failure or ChildExitedError(
-                    child.spec.name, child.proc.returncode, list(child.tail)
+                    child.spec.name, child.proc.returncode, child.tail
                 )
             if await http_status(url, seconds=1.0) == 200:
                 return
