@@ -163,9 +163,34 @@ async def test_cli_verify_exits_1_on_a_broken_chain(audit_db: str, db: asyncpg.C
     assert f"BROKEN  tenant {TENANT_A} at seq 2" in out
 
 
-async def run_cli(env: dict[str, str]) -> tuple[int, str]:
+async def test_replay_queues_the_audit_topics_events_again(
+    db: asyncpg.Connection, audit_db: str
+) -> None:
+    # After the broker lost its data, followers of consentry.audit.v1 get the entries and
+    # checkpoints again from the retained outbox, as every service's `replay` does.
+    await fill(db, TENANT_A, 3)
+    await db.execute("UPDATE eventing_outbox SET published_at = now()")  # as the relay would
+    env = {**os.environ, "CONSENTRY_DATABASE_URL": audit_db}
+    code, out = await run_cli(env, "replay", "--since", "2000-01-01")
+    assert code == 0, out
+    assert "3 event(s) queued for re-publication" in out
+    unpublished = await db.fetch(
+        "SELECT event_type FROM eventing_outbox WHERE published_at IS NULL ORDER BY position"
+    )
+    assert [row["event_type"] for row in unpublished] == [
+        "consentry.audit.entry_appended.v1"
+    ] * 3
+
+
+async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "consentry.audit", "verify", env=env, stdout=PIPE, stderr=STDOUT
+        sys.executable,
+        "-m",
+        "consentry.audit",
+        *(args or ("verify",)),
+        env=env,
+        stdout=PIPE,
+        stderr=STDOUT,
     )
     output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
     return process.returncode or 0, output.decode()

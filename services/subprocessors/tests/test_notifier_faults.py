@@ -8,6 +8,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import asyncpg
 import httpx
 import pytest
 from standardwebhooks import Webhook
+from werkzeug import Response
 
 from consentry.eventing import catalogue, metrics, topics
 from consentry.eventing.envelope import KafkaRecord, encode
@@ -25,6 +27,7 @@ from consentry.subprocessors.settings import NotifierSettings
 from .conftest import (
     DLQ,
     PUBLIC_URL,
+    Behaviour,
     KeyedClient,
     Receiver,
     Receivers,
@@ -342,3 +345,54 @@ async def test_reports_are_per_tenant(
     page = (await client.get("/v1/deliveries", params={"limit": 1})).json()
     assert [d["id"] for d in page["deliveries"]] == [delivery_id]
     assert page["next_after"] is None
+
+
+def _slow(seconds: float, then: Behaviour) -> Behaviour:
+    """Answer like `then`, after `seconds`."""
+
+    def answer(n: int, message_id: str, body: bytes) -> Response:
+        time.sleep(seconds)
+        return then(n, message_id, body)
+
+    return answer
+
+
+async def test_a_recipient_that_times_out_then_answers_slowly_is_told_once(
+    client: httpx.AsyncClient,
+    db: asyncpg.Connection,
+    tenant: uuid.UUID,
+    receivers: Receivers,
+    notifier_settings: NotifierSettings,
+) -> None:
+    # The first answer comes after the attempt's timeout (the sender gives up and retries);
+    # the second is slow but inside it and acknowledges: one delivery, one acknowledgement,
+    # one webhook-id, whatever the recipient saw.
+    settings = notifier_settings.model_copy(update={"webhook_timeout_seconds": 1.0})
+    hook = receivers.add("slow")
+    hook.secret = (await register(client, "slow", hook.url))["signing_secret"]
+    acknowledge = signed_ack(hook.secret)
+    too_slow, slow_enough = _slow(2.5, acknowledge), _slow(0.4, acknowledge)
+    hook.behaviour = lambda n, message_id, body: (too_slow if n == 1 else slow_enough)(
+        n, message_id, body
+    )
+    timeouts = metrics.REGISTRY.get_sample_value(
+        "consentry_webhook_deliveries_total", {"outcome": "retry_scheduled", "reason": "timeout"}
+    )
+    async with notifier(settings):
+        await produce(
+            settings.kafka_bootstrap_servers, [erasure_requested(tenant, request_id="req-slow")]
+        )
+        rows = await eventually(
+            lambda: db.fetch("SELECT * FROM deliveries WHERE tenant_id = $1", tenant),
+            lambda rows: len(rows) == 1 and rows[0]["status"] == "acknowledged",
+        )
+    (row,) = rows
+    assert row["attempts"] == 2
+    assert row["acknowledged_via"] == "response"
+    assert len(hook.received) == 2
+    assert {r.headers["webhook-id"] for r in hook.received} == {"msg_" + row["id"].hex}
+    assert len(await published(db, tenant, catalogue.DELIVERY_ACKNOWLEDGED)) == 1
+    after = metrics.REGISTRY.get_sample_value(
+        "consentry_webhook_deliveries_total", {"outcome": "retry_scheduled", "reason": "timeout"}
+    )
+    assert (after or 0) - (timeouts or 0) >= 1

@@ -1,4 +1,5 @@
-"""`python -m consentry.audit api|appender|relay|migrate|verify`: the audit service's processes."""
+"""`python -m consentry.audit api|appender|relay|migrate|verify|replay`: the audit service's
+processes and commands."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from consentry.audit.settings import ApiSettings, AppenderSettings, DatabaseOnly
 from consentry.audit.worker import run_appender
 from consentry.eventing.migrations import Migration, service_migrations
 from consentry.eventing.relay import RelaySettings, run_relay
-from consentry.httpapi.service import add_worker, cli_settings, service_cli
+from consentry.httpapi.service import add_replay, add_worker, cli_settings, service_cli
 
 
 def migrations() -> list[Migration]:
@@ -41,6 +42,7 @@ add_worker(
     run_appender,
     "Append every event on the audited topics to the chain.",
 )
+add_replay(cli)
 
 
 async def _verify(dsn: str, tenant: UUID | None) -> list[ChainReport]:
