@@ -17,7 +17,7 @@ PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproje
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install proto lint lint-deploy fmt test run bench clean docs
+.PHONY: help install proto lint lint-deploy fmt test test-faults run bench clean docs
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ fmt: install ## format and autofix
 test: install ## run every test (starts its own PostgreSQL and broker unless CONSENTRY_* URLs are set)
 	@scripts/ensure-chromium.sh  # Debian's Chromium for the preference-center browser test
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+test-faults: install ## the fault catalogue in its full form (longer load); figures in tests/faults/results/latest.md
+	CONSENTRY_FAULTS_FULL=1 $(UV) run --frozen pytest tests/faults -m faults --timeout=900 $(PYTEST_ARGS)
 
 run: install ## start the whole stack on this machine (Ctrl-C stops everything)
 	$(UV) run --frozen python -m consentry.devstack run
