@@ -120,6 +120,12 @@ async def test_api_and_worker_metrics_move_with_traffic(
         assert total(worker, "consentry_propagation_seconds_bucket", inf) == total(
             worker, count, propagation
         )
+        # The same port answers the worker's liveness and readiness (PostgreSQL, the broker).
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as probe:
+            assert (await probe.get("/healthz")).json() == {"status": "ok", "loop": "ok"}
+            ready = await probe.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"loop": "ok", "database": "ok", "broker": "ok"}
     finally:
         if scraped.process is not None:
             await scraped.kill(signal.SIGTERM)
