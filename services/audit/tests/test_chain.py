@@ -177,9 +177,7 @@ async def test_replay_queues_the_audit_topics_events_again(
     unpublished = await db.fetch(
         "SELECT event_type FROM eventing_outbox WHERE published_at IS NULL ORDER BY position"
     )
-    assert [row["event_type"] for row in unpublished] == [
-        "consentry.audit.entry_appended.v1"
-    ] * 3
+    assert [row["event_type"] for row in unpublished] == ["consentry.audit.entry_appended.v1"] * 3
 
 
 async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str]:

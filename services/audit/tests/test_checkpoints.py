@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+import time_machine
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -104,6 +105,29 @@ async def test_checkpoints_wait_for_n_entries_or_t_seconds(db: asyncpg.Connectio
     assert await checkpoints.due_tenants(db, every=10, interval=timedelta(hours=1)) == []
     assert await checkpoints.due_tenants(db, every=4, interval=timedelta(hours=1)) == [TENANT]
     assert await checkpoints.due_tenants(db, every=10, interval=timedelta(seconds=0)) == [TENANT]
+
+
+async def test_a_clock_stepped_back_does_not_hold_checkpoints_back(db: asyncpg.Connection) -> None:
+    # After a step back, the last checkpoint lies in this clock's future: waiting until the
+    # clock passes it again would leave new entries unsigned for as long as the step.
+    hour = timedelta(hours=1)
+    async with db.transaction():
+        await checkpoints.register(db, SIGNER)
+    await append(db, 3)
+    async with db.transaction():
+        assert await checkpoints.checkpoint(db, SIGNER, TENANT, every=10, interval=hour) == 3
+    await append(db, 2, start=4)
+    assert await checkpoints.due_tenants(db, every=10, interval=hour) == []  # not yet due
+    with time_machine.travel(datetime.now(UTC) - hour, tick=True):
+        assert await checkpoints.due_tenants(db, every=10, interval=hour) == [TENANT]
+        async with db.transaction():
+            held = await checkpoints.checkpoint_held(db, SIGNER, [TENANT], every=10, interval=hour)
+        assert held == [5]
+        await append(db, 2, start=6)
+        async with db.transaction():
+            assert await checkpoints.checkpoint(db, SIGNER, TENANT, every=10, interval=hour) is None
+    # Back on the true clock the checkpoint signed at the stepped time is in the past.
+    assert await checkpoints.due_tenants(db, every=10, interval=hour) == [TENANT]
 
 
 async def test_the_database_refuses_a_checkpoint_of_another_tree(db: asyncpg.Connection) -> None:

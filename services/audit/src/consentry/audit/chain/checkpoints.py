@@ -29,7 +29,9 @@ FROM unnest($1::uuid[], $2::bigint[], $3::bytea[], $6::bytea[])
      AS c (tenant_id, tree_size, root_hash, signature)
 """
 _REGISTER = "SELECT audit_register_key($1, $2)"
-# Chains grown by $1 entries, or with entries older than $2, since their last checkpoint.
+# Chains grown by $1 entries since their last checkpoint, or whose last checkpoint is older
+# than the interval $3 at time $2 (now), or later than now: this clock was stepped back, and
+# waiting until it passes that time again would leave new entries unsigned for as long.
 _DUE_FROM = """
 FROM audit_chain_heads h
 LEFT JOIN LATERAL (
@@ -37,9 +39,11 @@ LEFT JOIN LATERAL (
     WHERE c.tenant_id = h.tenant_id ORDER BY tree_size DESC LIMIT 1
 ) c ON true
 WHERE h.seq > coalesce(c.tree_size, 0)
-  AND (h.seq - coalesce(c.tree_size, 0) >= $1 OR coalesce(c.checkpoint_time, '-infinity') <= $2)
+  AND (h.seq - coalesce(c.tree_size, 0) >= $1
+       OR coalesce(c.checkpoint_time, '-infinity') <= $2::timestamptz - $3::interval
+       OR c.checkpoint_time > $2::timestamptz)
 """
-_AMONG = "  AND h.tenant_id = ANY($3::uuid[])\n"
+_AMONG = "  AND h.tenant_id = ANY($4::uuid[])\n"
 _DUE = "SELECT h.tenant_id" + _DUE_FROM
 _DUE_AMONG = _DUE + _AMONG
 # The due ones of tenants whose heads the caller's transaction holds, with their trees.
@@ -100,7 +104,10 @@ async def checkpoint(
     now = datetime.now(UTC)
     last_time = row["last_checkpoint_time"]
     grown = row["tree_size"] - last_size
-    due = grown > 0 and (grown >= every or last_time is None or now - last_time >= interval)
+    # A last checkpoint "in the future" means this clock was stepped back: due now too.
+    due = grown > 0 and (
+        grown >= every or last_time is None or now - last_time >= interval or last_time > now
+    )
     if not due:
         return None
     await _sign_and_store(conn, signer, [(tenant_id, row["tree_size"], row["root_hash"])], now)
@@ -123,7 +130,7 @@ async def checkpoint_held(
     each signed tree against its head under the lock.
     """
     now = datetime.now(UTC)
-    rows = await conn.fetch(_DUE_HELD, every, now - interval, list(tenants))
+    rows = await conn.fetch(_DUE_HELD, every, now, interval, list(tenants))
     trees = [(row["tenant_id"], row["tree_size"], row["root_hash"]) for row in rows]
     if trees:
         await _sign_and_store(conn, signer, trees, now)
@@ -167,10 +174,11 @@ async def due_tenants(
     among: Sequence[UUID] | None = None,
 ) -> list[UUID]:
     """Tenants (of `among`, if given) whose tree grew by `every` entries, or has waited
-    `interval`, since their last checkpoint; in tenant order."""
-    cutoff = datetime.now(UTC) - interval
+    `interval`, since their last checkpoint (or whose last checkpoint is later than now: the
+    clock was stepped back); in tenant order."""
+    now = datetime.now(UTC)
     if among is None:
-        rows = await conn.fetch(_DUE, every, cutoff)
+        rows = await conn.fetch(_DUE, every, now, interval)
     else:
-        rows = await conn.fetch(_DUE_AMONG, every, cutoff, list(among))
+        rows = await conn.fetch(_DUE_AMONG, every, now, interval, list(among))
     return sorted(row["tenant_id"] for row in rows)
