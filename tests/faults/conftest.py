@@ -15,14 +15,15 @@ from .harness import QUICK, RESULTS, CaseResult, FaultStack, WebhookSink, timing
 
 RESULTS_FILE = Path(__file__).parent / "results" / "latest.md"
 # The bounded form `make test` runs: one case of each kind (a process killed mid-batch, an
-# event out of order, poison). `make test-faults` (the full form, which CI runs as well) runs
-# every case with longer load.
+# event out of order, poison, connections reset mid-transaction). `make test-faults` (the
+# full form, which CI runs as well) runs every case with longer load.
 BOUNDED = frozenset(
     {
         "test_kill_9_of_the_consent_relay_mid_batch",
         "test_kill_9_of_the_audit_appender_mid_batch",
         "test_out_of_order_consent_version_is_ignored",
         "test_poison_of_every_kind_is_dead_lettered_and_partitions_move_on",
+        "test_reset_mid_transaction_to_postgres",
     }
 )
 

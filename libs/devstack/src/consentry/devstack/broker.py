@@ -95,10 +95,14 @@ class EmbeddedBroker(ChildServer):
         port: int = 0,
         start_timeout: float = 30.0,
         stop_timeout: float = 10.0,
+        advertised_port: int | None = None,
     ) -> None:
+        """`advertised_port`: the port the broker names in its metadata (default: its own),
+        e.g. a fault proxy's, so that every client connection goes through the proxy."""
         super().__init__(
             host=host, port=port, start_timeout=start_timeout, stop_timeout=stop_timeout
         )
+        self._advertised_port = advertised_port
 
     @property
     def bootstrap(self) -> str:
@@ -118,6 +122,7 @@ class EmbeddedBroker(ChildServer):
         """Start Tansu; True once it answers, False if it exited (e.g. lost a port race)."""
         output = self._open_log(log)
         url = f"tcp://{self._host}:{port}"
+        advertised = f"tcp://{self._host}:{self._advertised_port or port}"
         self._proc = subprocess.Popen(  # noqa: S603
             [
                 binary,
@@ -125,7 +130,7 @@ class EmbeddedBroker(ChildServer):
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],
