@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from consentry.devstack.services import DEV_TENANT_ID
 from consentry.eventing import catalogue, topics
+from consentry.eventing.envelope import MAX_EVENT_BYTES
 from consentry.eventing.testing import Record, collect, header
 
 from .harness import FaultStack, Load, WebhookSink, recover, timing
@@ -71,6 +72,16 @@ async def test_broker_restart_losing_all_data_then_replay(
 async def _records(stack: FaultStack, topic: str, wanted: int) -> list[Record]:
     """At least `wanted` records of `topic` (read from the earliest offset)."""
     return await collect(stack.bootstrap, topic, lambda kept: len(kept) >= wanted, seconds=60)
+
+
+def _padded(value: bytes, size: int) -> bytes:
+    """`value` plus an unknown length-delimited protobuf field (number 1000) of `size` bytes."""
+    length, varint = size, bytearray()
+    while length >= 0x80:
+        varint.append(length & 0x7F | 0x80)
+        length >>= 7
+    varint.append(length)
+    return value + bytes([0xC2, 0x3E]) + bytes(varint) + b"x" * size
 
 
 async def _produce(
@@ -215,7 +226,8 @@ async def test_poison_of_every_kind_is_dead_lettered_and_partitions_move_on(
         "unknown type": (real.key, real.value, headers(ce_type="consentry.consent.nonsense.v1")),
         "wrong type": (real.key, real.value, headers(ce_type=catalogue.ERASURE_REQUESTED.name)),
         "missing headers": (real.key, real.value, headers(drop="ce_source")),
-        "oversize": (real.key, b"\x0a" + b"\xff" * 900_000, headers()),
+        # A valid event padded with an unknown protobuf field (it would parse) past the limit
+        "oversize": (real.key, _padded(real.value, MAX_EVENT_BYTES + 1), headers()),
     }
     async with load.running():
         await load.run_for(form.before_fault)
@@ -235,6 +247,7 @@ async def test_poison_of_every_kind_is_dead_lettered_and_partitions_move_on(
     reasons = sorted(header(r, "dlq.reason") for r in dead)
     assert len(dead) == len(poison), reasons
     assert all(reasons), reasons
+    assert "oversize" in reasons, reasons
     # The load after the poison reached the chain: the partitions kept moving.
     row = await recover(
         fault_stack, load, "poison (5 kinds) -> DLQ", fault_at, sink=registered_sink

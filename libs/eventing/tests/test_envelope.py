@@ -8,8 +8,9 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from consentry.consent.v1 import consent_pb2
-from consentry.eventing import catalogue
+from consentry.eventing import catalogue, envelope
 from consentry.eventing.envelope import (
+    MAX_EVENT_BYTES,
     Event,
     KafkaRecord,
     PoisonMessage,
@@ -107,6 +108,18 @@ def _replace(
     return kept
 
 
+def _padded(value: bytes | None) -> bytes:
+    """`value` plus an unknown length-delimited field (number 1000) past MAX_EVENT_BYTES."""
+    size = MAX_EVENT_BYTES
+    length, varint = size, bytearray()
+    while length >= 0x80:
+        varint.append(length & 0x7F | 0x80)
+        length >>= 7
+    varint.append(length)
+    tag = bytes([0xC2, 0x3E])  # field 1000, wire type 2
+    return (value or b"") + tag + bytes(varint) + b"x" * size
+
+
 @pytest.mark.parametrize(
     ("mutate", "reason"),
     [
@@ -132,6 +145,8 @@ def _replace(
         (lambda r: (b"other/key", r.value, list(r.headers)), "key-mismatch"),
         (lambda r: (r.key, b"\xff\xff\xff\xff", list(r.headers)), "undecodable-payload"),
         (lambda r: (r.key, b"", list(r.headers)), "schema-violation"),
+        # A valid payload padded with an unknown field (protobuf would parse it) past the limit
+        (lambda r: (r.key, _padded(r.value), list(r.headers)), "oversize"),
         (lambda r: (r.key, r.value, [*r.headers, ("ce_id", b"again")]), "duplicate-header"),
         (
             lambda r: (f"t/{SUBJECT}".encode(), r.value, _replace(r.headers, "ce_tenant", b"t")),
@@ -149,6 +164,14 @@ def test_decode_rejects_poison_with_a_reason(mutate: object, reason: str) -> Non
     with pytest.raises(PoisonMessage) as caught:
         decode(key, value, headers)
     assert caught.value.reason == reason
+
+
+def test_oversize_is_the_size_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The padded payload parses (unknown fields are kept): only the limit refuses it.
+    record = encode(make_event())
+    padded = _padded(record.value)
+    monkeypatch.setattr(envelope, "MAX_EVENT_BYTES", len(padded))
+    assert decode(record.key, padded, list(record.headers)).data == padded
 
 
 @pytest.mark.parametrize(

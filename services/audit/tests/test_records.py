@@ -20,7 +20,13 @@ from consentry.audit.chain.service import entry_bytes
 from consentry.audit.records import decode_record
 from consentry.audit.v1 import audit_pb2
 from consentry.eventing import outbox
-from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, decode, encode
+from consentry.eventing.envelope import (
+    MAX_EVENT_BYTES,
+    PoisonMessage,
+    ReceivedEvent,
+    decode,
+    encode,
+)
 from consentry.eventing.testing import consent_event
 
 Headers = list[tuple[str, bytes | None]]
@@ -98,6 +104,7 @@ CHANGES: dict[str, Callable[[Wire], Wire]] = {
     "not a time": header("ce_time", b"yesterday"),
     "undecodable payload": lambda item: (item[0], b"\x08\xff\xff\xff", item[2]),
     "payload of another subject": lambda item: (item[0], OTHER_PAYLOAD, item[2]),
+    "oversize": lambda item: (item[0], (item[1] or b"") + b"\x00" * MAX_EVENT_BYTES, item[2]),
     # CloudEvents Distributed Tracing: optional, and dropped (never poison) when at fault
     "traced": lambda _: wire(traceparent=TRACEPARENT),
     "traced with a tracestate": lambda _: wire(traceparent=TRACEPARENT, tracestate="congo=t61"),

@@ -38,6 +38,10 @@ CONTENT_TYPE = "application/protobuf"
 SPECVERSION = "1.0"
 TENANT_EXTENSION = "tenant"
 REQUIRED_HEADERS = ("ce_id", "ce_type", "ce_source", "ce_specversion", "ce_tenant", "ce_subject")
+# The largest event payload a consumer accepts; a larger record is poison (`oversize`), so
+# that a producer's mistake cannot make a consumer hold a huge message or fail the partition.
+# Below Apache Kafka's default message.max.bytes (1 MiB) and aiokafka's default fetch size.
+MAX_EVENT_BYTES = 512 * 1024
 # Optional headers read apart from the CloudEvents SDK: at fault, they are dropped, not poison.
 TRACE_HEADERS = (tracing.TRACEPARENT_HEADER, tracing.TRACESTATE_HEADER)
 
@@ -230,6 +234,8 @@ def decode(
     """Decode a binary-mode record; raise `PoisonMessage` with a reason if it is unusable."""
     if value is None:
         raise PoisonMessage("no-value")
+    if len(value) > MAX_EVENT_BYTES:
+        raise PoisonMessage("oversize", f"{len(value)} bytes > {MAX_EVENT_BYTES}")
     trace = _trace_of(headers)
     try:
         header_map = _headers_dict([item for item in headers if item[0] not in TRACE_HEADERS])

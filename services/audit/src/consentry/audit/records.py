@@ -24,6 +24,7 @@ from consentry.eventing import tracing
 from consentry.eventing.catalogue import lookup
 from consentry.eventing.envelope import (
     CONTENT_TYPE,
+    MAX_EVENT_BYTES,
     REQUIRED_HEADERS,
     SPECVERSION,
     ReceivedEvent,
@@ -54,6 +55,7 @@ def decode_record(
     if (
         key is None
         or value is None
+        or len(value) > MAX_EVENT_BYTES
         or len(fields) != len(headers)
         or fields.keys() != (_HEADERS if traceparent is None else _TRACED_HEADERS)
         or fields["content-type"] != _CONTENT_TYPE
