@@ -17,7 +17,7 @@ from typer.testing import CliRunner, Result
 from consentry.cli.main import app
 from consentry.consent.purposes.models import DEFAULT_PURPOSES
 from consentry.devstack.postgres import drop_database
-from consentry.devstack.pytest_plugin import environment_defaults
+from consentry.devstack.pytest_plugin import environment_defaults, own_broker
 from consentry.devstack.services import DEV_API_KEY, SERVICES, Service
 from consentry.devstack.stack import DevStack, DevStackSettings
 from consentry.sdk import Consentry
@@ -45,15 +45,23 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cli-stack-logs")
 
 
+@pytest.fixture(scope="package")
+def cli_bootstrap() -> Iterator[str]:
+    """A broker of the stack's own (`own_broker`): on the session's, the rights tracker would
+    first work through every other test's rights events."""
+    with own_broker() as bootstrap:
+        yield bootstrap
+
+
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
-async def stack(pg_server_dsn: str, kafka_bootstrap: str, log_dir: Path) -> AsyncIterator[DevStack]:
+async def stack(pg_server_dsn: str, cli_bootstrap: str, log_dir: Path) -> AsyncIterator[DevStack]:
     suffix = secrets.token_hex(4)
     services = _services()
     names = {service.name: f"ct_{suffix}_cli_{service.name}" for service in services}
     settings = DevStackSettings.model_validate(
         {
             "database_url": pg_server_dsn,
-            "kafka_bootstrap_servers": kafka_bootstrap,
+            "kafka_bootstrap_servers": cli_bootstrap,
             **{f"{service.name}_port": 0 for service in services},
         }
     )

@@ -22,9 +22,8 @@ import pytest
 import pytest_asyncio
 
 from consentry.consent.purposes.models import DEFAULT_PURPOSES
-from consentry.devstack.broker import TANSU_CLIENT_ENV, EmbeddedBroker
 from consentry.devstack.postgres import drop_database, with_user
-from consentry.devstack.pytest_plugin import environment_defaults
+from consentry.devstack.pytest_plugin import own_broker
 from consentry.devstack.services import DEV_API_KEY, SERVICES, Service, child_env
 from consentry.devstack.stack import DevStack, DevStackSettings
 
@@ -58,12 +57,8 @@ def e2e_bootstrap() -> Iterator[str]:
     `CONSENTRY_KAFKA_BOOTSTRAP_SERVERS` is set). The session's broker carries the other tests'
     events on the same topics, which the stack's consumers (the audit appender reads from the
     earliest offset) would otherwise work through first."""
-    configured = os.environ.get("CONSENTRY_KAFKA_BOOTSTRAP_SERVERS")
-    if configured:
-        yield configured
-        return
-    with EmbeddedBroker() as broker, environment_defaults(TANSU_CLIENT_ENV):
-        yield broker.bootstrap
+    with own_broker() as bootstrap:
+        yield bootstrap
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="session")

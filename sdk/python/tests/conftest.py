@@ -11,7 +11,7 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -20,7 +20,7 @@ import pytest_asyncio
 
 from consentry.consent.purposes.models import DEFAULT_PURPOSES
 from consentry.devstack.postgres import drop_database, with_user
-from consentry.devstack.pytest_plugin import environment_defaults
+from consentry.devstack.pytest_plugin import environment_defaults, own_broker
 from consentry.devstack.services import (
     DEV_API_KEY,
     READY_PATH,
@@ -56,15 +56,23 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("sdk-stack-logs")
 
 
+@pytest.fixture(scope="package")
+def sdk_bootstrap() -> Iterator[str]:
+    """A broker of the stack's own (`own_broker`): on the session's, the stack's consumers
+    would first work through every other test's events."""
+    with own_broker() as bootstrap:
+        yield bootstrap
+
+
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
-async def stack(pg_server_dsn: str, kafka_bootstrap: str, log_dir: Path) -> AsyncIterator[DevStack]:
+async def stack(pg_server_dsn: str, sdk_bootstrap: str, log_dir: Path) -> AsyncIterator[DevStack]:
     suffix = secrets.token_hex(4)
     services = _services()
     names = {service.name: f"ct_{suffix}_sdk_{service.name}" for service in services}
     settings = DevStackSettings.model_validate(
         {
             "database_url": pg_server_dsn,
-            "kafka_bootstrap_servers": kafka_bootstrap,
+            "kafka_bootstrap_servers": sdk_bootstrap,
             **{f"{service.name}_port": 0 for service in services},
         }
     )

@@ -38,6 +38,16 @@ def pg_server_dsn() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """Bootstrap servers of a broker for the session: the configured one or an embedded Tansu."""
+    with own_broker() as bootstrap:
+        yield bootstrap
+
+
+@contextlib.contextmanager
+def own_broker() -> Iterator[str]:
+    """A broker of the caller's own: a fresh embedded Tansu (the configured broker when
+    `CONSENTRY_KAFKA_BOOTSTRAP_SERVERS` is set). A whole stack under test wants one: the
+    session's broker carries every other test's events on the same topics, which the stack's
+    consumers (from the earliest offset, as new groups) would work through first."""
     configured = os.environ.get("CONSENTRY_KAFKA_BOOTSTRAP_SERVERS")
     if configured:
         yield configured
