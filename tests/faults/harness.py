@@ -232,6 +232,10 @@ class FaultStack:
         env |= {
             "CONSENTRY_RELAY_BATCH_SIZE": "50",
             "CONSENTRY_AUDIT_CHECKPOINT_INTERVAL_SECONDS": "0.5",
+            # Twenty-odd processes on one server: small pools keep the stack well inside a
+            # stock PostgreSQL's max_connections (100; CI's second pass runs on one).
+            "CONSENTRY_DATABASE_POOL_MIN": "1",
+            "CONSENTRY_DATABASE_POOL_MAX": "5",
         }
         ready_url = f"{self.api_url(service.name)}/healthz" if http else None
         ready_line = RELAY_ACTIVE if process == "relay" else None
