@@ -452,6 +452,15 @@ async def suppress_erased(
     return applied.suppressed > 0
 
 
+async def suppress_erased_all(conn: Connection, tenant_id: UUID, subject_refs: list[str]) -> int:
+    """`suppress_erased` for many subjects of one tenant in one fold (the rights worker's
+    batches); how many suppressions are new."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("suppress_erased_all must run inside the erasure's transaction")
+    applied = await apply_changes(conn, tenant_id, {ref: [Erasure()] for ref in subject_refs})
+    return applied.suppressed
+
+
 # --- the list API
 
 

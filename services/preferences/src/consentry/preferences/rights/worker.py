@@ -33,7 +33,7 @@ from consentry.eventing.settings import DatabaseSettings, KafkaSettings
 from consentry.preferences import contacts
 from consentry.preferences.consentcopy.repository import consents_of
 from consentry.preferences.lists import repository as lists_repository
-from consentry.preferences.lists.service import Erasure, apply_changes, suppress_erased
+from consentry.preferences.lists.service import suppress_erased_all
 from consentry.preferences.settings import PreferencesKeySettings
 from consentry.preferences.subjects import repository as subjects_repository
 from consentry.preferences.subjects import service as subjects
@@ -44,13 +44,7 @@ SERVICE = "preferences"
 SOURCE = "/consentry/preferences"
 GROUP_ID = "preferences-rights"
 
-_DELETE_PREFERENCES = "DELETE FROM preferences WHERE tenant_id = $1 AND subject_ref = $2"
-_DELETE_CONSENT_COPY = "DELETE FROM consent_copy WHERE tenant_id = $1 AND subject_ref = $2"
-_DELETE_SUBJECT = """
-DELETE FROM subjects WHERE tenant_id = $1 AND subject_ref = $2
-RETURNING data_key_sealed IS NOT NULL AS had_key, contact_email_sealed IS NOT NULL AS had_contact
-"""
-# The same deletions for many subjects of one tenant, returning whose rows went.
+# The subjects' rows of one tenant, returning whose rows went.
 _DELETE_PREFERENCES_OF = """
 DELETE FROM preferences WHERE tenant_id = $1 AND subject_ref = ANY($2::text[])
 RETURNING subject_ref
@@ -73,34 +67,18 @@ class RightsSettings(DatabaseSettings, KafkaSettings, PreferencesKeySettings):
     rights_group_id: str = GROUP_ID
 
 
-def _count(status: str) -> int:
-    return int(status.rsplit(" ", 1)[-1])
-
-
 async def erase_subject(conn: Connection, tenant_id: UUID, subject_ref: str) -> list[str]:
     """Delete the subject's rows and data key (tenant-scoped, in a transaction); return what
     was erased, for the completion certificate."""
-    erased = []
-    if _count(await conn.execute(_DELETE_PREFERENCES, tenant_id, subject_ref)):
-        erased.append("preferences")
-    if _count(await conn.execute(_DELETE_CONSENT_COPY, tenant_id, subject_ref)):
-        erased.append("consent-copy")
-    row = await conn.fetchrow(_DELETE_SUBJECT, tenant_id, subject_ref)
-    if row is not None:
-        erased.append("subject")
-        if row["had_contact"]:
-            erased.append("contact")
-        if row["had_key"]:
-            erased.append("data-key")
-    await suppress_erased(conn, tenant_id, subject_ref)
-    return erased
+    return (await erase_subjects(conn, tenant_id, [subject_ref]))[subject_ref]
 
 
 async def erase_subjects(
     conn: Connection, tenant_id: UUID, subject_refs: Sequence[str]
 ) -> dict[str, list[str]]:
-    """`erase_subject` for many subjects of one tenant in a few multi-row statements
-    (tenant-scoped, in a transaction); what was erased, per subject."""
+    """Delete many subjects' rows and data keys of one tenant in a few multi-row statements
+    (tenant-scoped, in a transaction), keeping them suppressed; what was erased, per
+    subject."""
     refs = sorted(set(subject_refs))
     erased: dict[str, list[str]] = {ref: [] for ref in refs}
     for row in await conn.fetch(_DELETE_PREFERENCES_OF, tenant_id, refs):
@@ -116,7 +94,7 @@ async def erase_subjects(
             what.append("contact")
         if row["had_key"]:
             what.append("data-key")
-    await apply_changes(conn, tenant_id, {ref: [Erasure()] for ref in refs})
+    await suppress_erased_all(conn, tenant_id, refs)
     return erased
 
 
