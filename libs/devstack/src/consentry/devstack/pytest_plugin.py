@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -19,6 +20,29 @@ import pytest_asyncio
 _LABEL = re.compile(r"^[a-z0-9_]{1,50}$")
 
 FreshDatabase = Callable[[str], Awaitable[str]]
+
+
+class ConftestDirectory(pytest.Package):
+    """A test directory with a conftest.py but no `__init__.py`, collected as a package.
+
+    pytest scopes a "package" fixture to the nearest `Package` node and, in a plain
+    directory, to the whole session: the stack a conftest starts for its directory (e2e, the
+    SDK's, the CLI's, the fault suite's) would live until the session ends, every one of them
+    holding its processes, ports and PostgreSQL connections while the later directories run
+    (four stacks at once exhausted a stock PostgreSQL's 100 connections). As a package, the
+    directory's "package" fixtures end with its last test. Our test directories are not
+    Python packages on purpose (two `tests/conftest.py` would import under one name)."""
+
+    def setup(self) -> None:
+        """Nothing to import: the directory has no `__init__.py`."""
+
+
+def pytest_collect_directory(path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """Directories with a conftest.py and no `__init__.py` are `ConftestDirectory` packages."""
+    if (path / "conftest.py").is_file() and not (path / "__init__.py").exists():
+        collector: pytest.Collector = ConftestDirectory.from_parent(parent, path=path)
+        return collector
+    return None
 
 
 @pytest.fixture(scope="session")
