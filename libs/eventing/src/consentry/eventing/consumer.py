@@ -144,6 +144,30 @@ async def send_dead_letter(
     metrics.DEAD_LETTERS.labels(consumer, error.reason).inc()
 
 
+async def apply_claimed(
+    conn: Connection,
+    consumer: str,
+    events: Sequence[ReceivedEvent],
+    batch_handler: BatchHandler,
+) -> list[ReceivedEvent]:
+    """Claim the inbox rows of `events` for `consumer` in one statement and apply the events
+    claimed now (each id once, in order) in one `batch_handler` call, in one savepoint of
+    the caller's transaction; the events applied. When the database or the handler refuses
+    (`asyncpg.PostgresError`, `PoisonMessage`) the savepoint is rolled back, nothing is
+    claimed, and the error propagates: the caller applies the records one by one instead."""
+    fresh: list[ReceivedEvent] = []
+    async with conn.transaction():  # savepoint: the whole batch's claims + effects
+        rows = await conn.fetch(_CLAIM_MANY, consumer, [event.id for event in events])
+        claimed = {row["event_id"] for row in rows}
+        for event in events:
+            if event.id in claimed:
+                claimed.discard(event.id)  # a repeated id in the batch: only once
+                fresh.append(event)
+        if fresh:
+            await batch_handler(conn, fresh)
+    return fresh
+
+
 class EventConsumer:
     """Consume `topics` as group `name`, applying `handler` once per event id.
 
@@ -271,17 +295,8 @@ class EventConsumer:
         if not decoded:
             return True
         events = [event for _, event in decoded]
-        fresh: list[ReceivedEvent] = []
         try:
-            async with conn.transaction():  # savepoint: the whole batch's claims + effects
-                rows = await conn.fetch(_CLAIM_MANY, self.name, [event.id for event in events])
-                claimed = {row["event_id"] for row in rows}
-                for event in events:
-                    if event.id in claimed:
-                        claimed.discard(event.id)  # a repeated id in the batch: only once
-                        fresh.append(event)
-                if fresh:
-                    await batch_handler(conn, fresh)
+            fresh = await apply_claimed(conn, self.name, events, batch_handler)
         except (PoisonMessage, asyncpg.PostgresError) as error:
             # A deterministic refusal is isolated record by record there (applied or dead-
             # lettered); a transient error most likely fails there too: the batch is retried.

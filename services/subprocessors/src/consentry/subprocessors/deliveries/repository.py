@@ -3,7 +3,9 @@ cross-tenant lookups (`find_delivery`, `due_deliveries`) run tenant-scoped."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
@@ -11,27 +13,38 @@ import asyncpg
 
 from consentry.eventing.db import Connection
 
-_INSERT_NOTICE = """
+# Many notices of one tenant at once (a notice's purposes and recipients as JSON arrays: SQL
+# has no arrays of arrays of different lengths). Returns those recorded now.
+_INSERT_NOTICES = """
 INSERT INTO notices (tenant_id, id, source_event_id, kind, request_id, request_kind,
                      subject_ref, purposes, occurred_at, recipient_ids)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+SELECT $1, n.id, n.source_event_id, n.kind, n.request_id, n.request_kind, n.subject_ref,
+       ARRAY(SELECT jsonb_array_elements_text(n.purposes)), n.occurred_at,
+       ARRAY(SELECT jsonb_array_elements_text(n.recipient_ids)::uuid)
+FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::jsonb[], $9::timestamptz[], $10::jsonb[])
+         AS n(id, source_event_id, kind, request_id, request_kind, subject_ref, purposes,
+              occurred_at, recipient_ids)
+ORDER BY n.id
 ON CONFLICT DO NOTHING
-RETURNING selected_at
+RETURNING id, selected_at
 """
-# New deliveries are due at once; or, handed to this process's sender (`$7`, a lease in
-# seconds), claimed at once as `repository.claim` would claim them. Returns what the sender
-# needs to post the new ones (`Claimed`).
+# New deliveries (of many notices of one tenant) are due at once; or, handed to this
+# process's sender (`$7`, a lease in seconds), claimed at once as `repository.claim` would
+# claim them. Returns what the sender needs to post the new ones (`Claimed`).
 _INSERT_DELIVERIES = """
 WITH inserted AS (
     INSERT INTO deliveries (tenant_id, id, notice_id, recipient_id, payload, next_attempt_at,
                             deadline_at, attempts, first_attempt_at, last_attempt_at)
-    SELECT $1, d.id, $2, d.recipient_id, d.payload,
+    SELECT $1, d.id, d.notice_id, d.recipient_id, d.payload,
            now() + make_interval(secs => coalesce($7, 0)),
            now() + make_interval(secs => $6),
            CASE WHEN $7 IS NULL THEN 0 ELSE 1 END,
            CASE WHEN $7 IS NULL THEN NULL ELSE now() END,
            CASE WHEN $7 IS NULL THEN NULL ELSE now() END
-    FROM unnest($3::uuid[], $4::uuid[], $5::text[]) AS d(id, recipient_id, payload)
+    FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[])
+             AS d(notice_id, id, recipient_id, payload)
+    ORDER BY d.id
     ON CONFLICT DO NOTHING
     RETURNING id, recipient_id, payload, attempts, deadline_at
 )
@@ -157,59 +170,73 @@ WHERE d.tenant_id = $1 AND d.id = $2
 """  # noqa: S608
 
 
-async def insert_notice(
-    conn: Connection,
-    *,
-    tenant_id: UUID,
-    notice_id: UUID,
-    source_event_id: str,
-    kind: str,
-    request_id: str,
-    request_kind: str | None,
-    subject_ref: str,
-    purposes: Sequence[str],
-    occurred_at: datetime,
-    recipient_ids: Sequence[UUID],
-) -> datetime | None:
-    """Record a notice; its selection time, or None when it was recorded before."""
-    selected: datetime | None = await conn.fetchval(
-        _INSERT_NOTICE,
+@dataclass(frozen=True, slots=True)
+class NoticeRow:
+    """A notice to record (`insert_notices`)."""
+
+    id: UUID
+    source_event_id: str
+    kind: str
+    request_id: str
+    request_kind: str | None
+    subject_ref: str
+    purposes: Sequence[str]
+    occurred_at: datetime
+    recipient_ids: Sequence[UUID]
+
+
+async def insert_notices(
+    conn: Connection, *, tenant_id: UUID, notices: Sequence[NoticeRow]
+) -> dict[UUID, datetime]:
+    """Record notices of one tenant; the selection time of each recorded now (one recorded
+    before is left out)."""
+    rows = await conn.fetch(
+        _INSERT_NOTICES,
         tenant_id,
-        notice_id,
-        source_event_id,
-        kind,
-        request_id,
-        request_kind,
-        subject_ref,
-        list(purposes),
-        occurred_at,
-        list(recipient_ids),
+        [n.id for n in notices],
+        [n.source_event_id for n in notices],
+        [n.kind for n in notices],
+        [n.request_id for n in notices],
+        [n.request_kind for n in notices],
+        [n.subject_ref for n in notices],
+        [json.dumps(list(n.purposes)) for n in notices],
+        [n.occurred_at for n in notices],
+        [json.dumps([str(r) for r in n.recipient_ids]) for n in notices],
     )
-    return selected
+    return {row["id"]: row["selected_at"] for row in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """A delivery to record (`insert_deliveries`)."""
+
+    notice_id: UUID
+    id: UUID
+    recipient_id: UUID
+    payload: str
 
 
 async def insert_deliveries(
     conn: Connection,
     *,
     tenant_id: UUID,
-    notice_id: UUID,
-    delivery_ids: Sequence[UUID],
-    recipient_ids: Sequence[UUID],
-    payloads: Sequence[str],
+    deliveries: Sequence[DeliveryRow],
     window_seconds: float,
     lease_seconds: float | None,
 ) -> list[asyncpg.Record]:
-    """One delivery per recipient, retried until `window_seconds` from now: due at once, or
-    (`lease_seconds`) claimed for an attempt by the caller's process. The new rows, with
+    """Deliveries of one tenant, each retried until `window_seconds` from now: due at once,
+    or (`lease_seconds`) claimed for an attempt by the caller's process. The new rows, with
     the recipients' URLs and sealed secrets."""
+    if not deliveries:
+        return []
     return list(
         await conn.fetch(
             _INSERT_DELIVERIES,
             tenant_id,
-            notice_id,
-            list(delivery_ids),
-            list(recipient_ids),
-            list(payloads),
+            [d.notice_id for d in deliveries],
+            [d.id for d in deliveries],
+            [d.recipient_id for d in deliveries],
+            [d.payload for d in deliveries],
             window_seconds,
             lease_seconds,
         )

@@ -6,16 +6,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
 from pydantic import ValidationError
 
 from consentry.consent.v1 import consent_pb2
-from consentry.eventing import outbox
+from consentry.eventing import outbox, tracing
 from consentry.eventing.db import Connection, Pool, tenant_transaction
-from consentry.eventing.envelope import Event, ReceivedEvent, utcnow
+from consentry.eventing.envelope import Event, ReceivedEvent, field_time, utcnow
 from consentry.eventing.sealing import Sealer
 from consentry.httpapi.problems import Problem
 from consentry.rights.v1 import rights_pb2
@@ -64,140 +64,153 @@ class NoticeOptions:
     lease_seconds: float | None = None
 
 
-async def _make_notice(
-    conn: Connection,
-    options: NoticeOptions,
-    event: ReceivedEvent,
-    *,
-    kind: str,
-    request_id: str,
-    request_kind: str | None,
-    purposes: list[str],
-    occurred_at: datetime,
-    recipient_ids: list[UUID],
-    publish_when_empty: bool,
+@dataclass(frozen=True, slots=True)
+class NoticeSpec:
+    """A notice to make from one event: what it is about and whom it goes to."""
+
+    event: ReceivedEvent
+    kind: str
+    request_id: str
+    request_kind: str | None
+    purposes: list[str]
+    occurred_at: datetime
+    recipient_ids: list[UUID]
+    # RecipientsSelected even when nobody is told (an erasure request waits for it).
+    publish_when_empty: bool
+
+
+async def make_notices(
+    conn: Connection, options: NoticeOptions, tenant_id: UUID, specs: Sequence[NoticeSpec]
 ) -> list[Claimed]:
-    """Record the notice and one delivery per recipient, and publish RecipientsSelected, in
-    the caller's transaction; the deliveries made."""
-    tenant_id = UUID(event.tenant_id)
-    notice = notice_id(tenant_id, event.id)
-    selected_at = await repository.insert_notice(
+    """Record the notices of one tenant and one delivery per recipient, and publish
+    RecipientsSelected, in the caller's transaction (a few statements for the whole
+    sequence); the deliveries made. A notice made before (the inbox normally stops a
+    redelivery earlier) makes nothing again."""
+    if not specs:
+        return []
+    notices = [notice_id(tenant_id, spec.event.id) for spec in specs]
+    selected = await repository.insert_notices(
         conn,
         tenant_id=tenant_id,
-        notice_id=notice,
-        source_event_id=event.id,
-        kind=kind,
-        request_id=request_id,
-        request_kind=request_kind,
-        subject_ref=event.subject_ref,
-        purposes=purposes,
-        occurred_at=occurred_at,
-        recipient_ids=recipient_ids,
+        notices=[
+            repository.NoticeRow(
+                id=notice,
+                source_event_id=spec.event.id,
+                kind=spec.kind,
+                request_id=spec.request_id,
+                request_kind=spec.request_kind,
+                subject_ref=spec.event.subject_ref,
+                purposes=spec.purposes,
+                occurred_at=spec.occurred_at,
+                recipient_ids=spec.recipient_ids,
+            )
+            for notice, spec in zip(notices, specs, strict=True)
+        ],
     )
-    if selected_at is None:
-        return []  # made before (the inbox normally stops a redelivery earlier)
-    ids = [delivery_id(notice, recipient) for recipient in recipient_ids]
-    payloads = [
-        notice_body(
-            kind=kind,
-            delivery_id=delivery,
-            recipient_id=recipient,
-            tenant_id=tenant_id,
-            subject_ref=event.subject_ref,
-            request_id=request_id,
-            request_kind=request_kind,
-            purposes=purposes,
-            occurred_at=occurred_at,
-            ack_url=options.ack_url,
-        )
-        for delivery, recipient in zip(ids, recipient_ids, strict=True)
-    ]
-    made = (
-        await repository.insert_deliveries(
-            conn,
-            tenant_id=tenant_id,
-            notice_id=notice,
-            delivery_ids=ids,
-            recipient_ids=recipient_ids,
-            payloads=payloads,
-            window_seconds=options.window_seconds,
-            lease_seconds=options.lease_seconds,
-        )
-        if ids
-        else []
-    )
-    if ids or publish_when_empty:
-        await outbox.add(
-            conn,
-            events.recipients_selected(
+    deliveries: list[repository.DeliveryRow] = []
+    published: list[Event] = []
+    for notice, spec in zip(notices, specs, strict=True):
+        selected_at = selected.get(notice)
+        if selected_at is None:
+            continue
+        for recipient in spec.recipient_ids:
+            delivery = delivery_id(notice, recipient)
+            body = notice_body(
+                kind=spec.kind,
+                delivery_id=delivery,
+                recipient_id=recipient,
                 tenant_id=tenant_id,
-                subject_ref=event.subject_ref,
-                request_id=request_id,
-                kind=kind,
-                recipient_ids=recipient_ids,
-                selected_at=selected_at,
-            ),
-        )
+                subject_ref=spec.event.subject_ref,
+                request_id=spec.request_id,
+                request_kind=spec.request_kind,
+                purposes=spec.purposes,
+                occurred_at=spec.occurred_at,
+                ack_url=options.ack_url,
+            )
+            deliveries.append(repository.DeliveryRow(notice, delivery, recipient, body))
+        if spec.recipient_ids or spec.publish_when_empty:
+            with tracing.continuing(spec.event):
+                published.append(
+                    events.recipients_selected(
+                        tenant_id=tenant_id,
+                        subject_ref=spec.event.subject_ref,
+                        request_id=spec.request_id,
+                        kind=spec.kind,
+                        recipient_ids=spec.recipient_ids,
+                        selected_at=selected_at,
+                    )
+                )
+    made = await repository.insert_deliveries(
+        conn,
+        tenant_id=tenant_id,
+        deliveries=deliveries,
+        window_seconds=options.window_seconds,
+        lease_seconds=options.lease_seconds,
+    )
+    await outbox.add_many(conn, published)
     return [Claimed.of(tenant_id, row) for row in made]
 
 
-async def notice_erasure(
-    conn: Connection, options: NoticeOptions, event: ReceivedEvent
-) -> list[Claimed]:
-    """ErasureRequested: every active recipient of the tenant may hold the subject's data,
-    so every one is told. RecipientsSelected is published even when there is none (the
-    rights request waits for it)."""
-    message = event.message
-    assert isinstance(message, rights_pb2.ErasureRequested)
-    tenant_id = UUID(event.tenant_id)
-    occurred_at = (
-        message.requested_at.ToDatetime(tzinfo=UTC)
-        if message.HasField("requested_at")
-        else event.time
-    )
-    return await _make_notice(
-        conn,
-        options,
-        event,
-        kind="erasure",
-        request_id=message.request_id,
-        request_kind=REQUEST_KINDS.get(message.kind, "erasure"),
-        purposes=[],
-        occurred_at=occurred_at,
-        recipient_ids=await recipients.for_erasure(conn, tenant_id=tenant_id),
-        publish_when_empty=True,
-    )
-
-
-async def notice_withdrawal(
-    conn: Connection, options: NoticeOptions, event: ReceivedEvent
-) -> list[Claimed]:
-    """ConsentWithdrawn of purpose P: the active recipients that receive data for P are
-    told. Nothing is recorded or published when no recipient has P (most withdrawals)."""
-    message = event.message
-    assert isinstance(message, consent_pb2.ConsentWithdrawn)
-    decision = message.decision
-    tenant_id = UUID(event.tenant_id)
-    selected = await recipients.for_purpose(conn, tenant_id=tenant_id, purpose=decision.purpose)
-    if not selected:
+async def erasure_notices(
+    conn: Connection, tenant_id: UUID, events_: Sequence[ReceivedEvent]
+) -> list[NoticeSpec]:
+    """ErasureRequested (of one tenant): every active recipient of the tenant may hold the
+    subject's data, so every one is told. RecipientsSelected is published even when there
+    is none (the rights request waits for it)."""
+    if not events_:
         return []
-    occurred_at = (
-        decision.occurred_at.ToDatetime(tzinfo=UTC)
-        if decision.HasField("occurred_at")
-        else event.time
-    )
-    return await _make_notice(
-        conn,
-        options,
-        event,
-        kind="consent-withdrawn",
-        request_id="",
-        request_kind=None,
-        purposes=[decision.purpose],
-        occurred_at=occurred_at,
-        recipient_ids=selected,
-        publish_when_empty=False,
-    )
+    everyone = await recipients.for_erasure(conn, tenant_id=tenant_id)
+    specs = []
+    for event in events_:
+        message = event.message
+        assert isinstance(message, rights_pb2.ErasureRequested)
+        specs.append(
+            NoticeSpec(
+                event=event,
+                kind="erasure",
+                request_id=message.request_id,
+                request_kind=REQUEST_KINDS.get(message.kind, "erasure"),
+                purposes=[],
+                occurred_at=field_time(message, "requested_at", event.time),
+                recipient_ids=everyone,
+                publish_when_empty=True,
+            )
+        )
+    return specs
+
+
+async def withdrawal_notices(
+    conn: Connection, tenant_id: UUID, events_: Sequence[ReceivedEvent]
+) -> list[NoticeSpec]:
+    """ConsentWithdrawn of purpose P (of one tenant): the active recipients that receive
+    data for P are told. Nothing is recorded or published when no recipient has P (most
+    withdrawals)."""
+    by_purpose: dict[str, list[UUID]] = {}
+    specs = []
+    for event in events_:
+        message = event.message
+        assert isinstance(message, consent_pb2.ConsentWithdrawn)
+        decision = message.decision
+        if decision.purpose not in by_purpose:
+            by_purpose[decision.purpose] = await recipients.for_purpose(
+                conn, tenant_id=tenant_id, purpose=decision.purpose
+            )
+        selected = by_purpose[decision.purpose]
+        if not selected:
+            continue
+        specs.append(
+            NoticeSpec(
+                event=event,
+                kind="consent-withdrawn",
+                request_id="",
+                request_kind=None,
+                purposes=[decision.purpose],
+                occurred_at=field_time(decision, "occurred_at", event.time),
+                recipient_ids=selected,
+                publish_when_empty=False,
+            )
+        )
+    return specs
 
 
 # --- Outcomes of attempts (the sender) ---------------------------------------------------

@@ -4,10 +4,13 @@ service.
 
 One agent reads `consentry.rights.v1` (ErasureRequested, AccessRequested) and
 `consentry.consent.v1` (ConsentWithdrawn) with raw serializers, in batches. Each batch is
-applied in ONE PostgreSQL transaction: per record a savepoint with the inbox claim and the
-effect (`EFFECTS`: a notice, its deliveries and RecipientsSelected through the outbox; for
-an erasure also this service's ErasureCompleted, for an access request its sealed part of
-the export, `rights/service.py`). Records that cannot be decoded, or whose effect the
+applied in ONE PostgreSQL transaction, and in one savepoint: the inbox claims of all its
+events in one statement, then the effects of those claimed now (`apply_tenant_events`: the
+notices, their deliveries and RecipientsSelected through the outbox; for an erasure also
+this service's ErasureCompleted, for an access request its sealed part of the export,
+`rights/service.py`) a few statements per tenant, however many events there are. If the
+database or an effect refuses that, the savepoint is rolled back and the batch is applied
+record by record, a savepoint each. Records that cannot be decoded, or whose effect the
 database refuses as invalid (or the effect rejects as poison), go to
 `consentry.dlq.subprocessor-notifier` with the reason in headers, before the commit; other
 event types on those topics are skipped. Only after the commit are the batch's events
@@ -27,23 +30,28 @@ import contextlib
 import dataclasses
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from consentry.eventing import catalogue, inbox, kafka, metrics, topics
-from consentry.eventing.consumer import TRANSIENT_ERRORS, send_dead_letter
+from consentry.eventing import catalogue, inbox, kafka, metrics, outbox, topics
+from consentry.eventing.consumer import TRANSIENT_ERRORS, apply_claimed, send_dead_letter
 from consentry.eventing.db import Connection, Pool, create_pool, set_tenant
 from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, decode
 from consentry.eventing.logs import get_logger
 from consentry.subprocessors.deliveries.models import Claimed
-from consentry.subprocessors.deliveries.service import NoticeOptions, notice_withdrawal
+from consentry.subprocessors.deliveries.service import (
+    NoticeOptions,
+    erasure_notices,
+    make_notices,
+    withdrawal_notices,
+)
 from consentry.subprocessors.notifier.faust_kafka import App
 from consentry.subprocessors.notifier.sender import Sender
-from consentry.subprocessors.rights.service import answer_access, answer_erasure
+from consentry.subprocessors.rights.service import answer_access, erasure_completed
 from consentry.subprocessors.settings import NotifierSettings
 
 log = get_logger(__name__)
@@ -51,12 +59,37 @@ log = get_logger(__name__)
 # The inbox consumer name and dead-letter topic (`consentry.dlq.subprocessor-notifier`).
 CONSUMER = "subprocessor-notifier"
 INPUT_TOPICS = (topics.RIGHTS, topics.CONSENT)
-Effect = Callable[[Connection, NoticeOptions, ReceivedEvent], Awaitable[list[Claimed]]]
-EFFECTS: dict[str, Effect] = {
-    catalogue.ERASURE_REQUESTED.name: answer_erasure,
-    catalogue.ACCESS_REQUESTED.name: answer_access,
-    catalogue.CONSENT_WITHDRAWN.name: notice_withdrawal,
-}
+# The event types with an effect here; others on those topics are skipped.
+HANDLED = frozenset(
+    {
+        catalogue.ERASURE_REQUESTED.name,
+        catalogue.ACCESS_REQUESTED.name,
+        catalogue.CONSENT_WITHDRAWN.name,
+    }
+)
+
+
+async def apply_tenant_events(
+    conn: Connection, options: NoticeOptions, tenant_id: UUID, events: Sequence[ReceivedEvent]
+) -> list[Claimed]:
+    """The effects of `events` (of one tenant, claimed in the inbox, `HANDLED` types) in the
+    caller's tenant-scoped transaction, in a few statements however many there are: the
+    notices of erasures and withdrawals with their deliveries and RecipientsSelected, this
+    service's ErasureCompleted per erasure, its access-export part per AccessRequested. The
+    deliveries made."""
+    erasures = [e for e in events if e.type.name == catalogue.ERASURE_REQUESTED.name]
+    withdrawals = [e for e in events if e.type.name == catalogue.CONSENT_WITHDRAWN.name]
+    made: list[Claimed] = []
+    for event in events:
+        if event.type.name == catalogue.ACCESS_REQUESTED.name:
+            made.extend(await answer_access(conn, options, event))
+    specs = [
+        *await erasure_notices(conn, tenant_id, erasures),
+        *await withdrawal_notices(conn, tenant_id, withdrawals),
+    ]
+    made.extend(await make_notices(conn, options, tenant_id, specs))
+    await outbox.add_many(conn, [erasure_completed(event) for event in erasures])
+    return made
 
 
 def _record(message: Any) -> ConsumerRecord[bytes, bytes]:
@@ -103,6 +136,7 @@ class NoticeProcessor:
         self.duplicates = 0
         self.dead_lettered = 0
         self.deliveries = 0
+        self.batch_fallbacks = 0
 
     async def process(
         self, records: Sequence[ConsumerRecord[bytes, bytes]], stop: asyncio.Event
@@ -133,37 +167,41 @@ class NoticeProcessor:
         self, records: Sequence[ConsumerRecord[bytes, bytes]], options: NoticeOptions
     ) -> list[Claimed]:
         poison: list[tuple[ConsumerRecord[bytes, bytes], PoisonMessage]] = []
+        decoded: list[tuple[ConsumerRecord[bytes, bytes], ReceivedEvent]] = []
+        skipped = 0
+        for record in records:
+            try:
+                event = decode(record.key, record.value, list(record.headers))
+            except PoisonMessage as error:
+                poison.append((record, error))
+                continue
+            if event.type.name in HANDLED:
+                decoded.append((record, event))
+            else:
+                skipped += 1
         made: list[Claimed] = []
         applied: list[ReceivedEvent] = []
-        counts = {"skipped": 0, "duplicates": 0, "deliveries": 0}
+        undecodable = len(poison)
         async with self._pool.acquire() as conn, conn.transaction():
-            for record in records:
+            if decoded:
                 try:
-                    event = decode(record.key, record.value, list(record.headers))
-                except PoisonMessage as error:
-                    poison.append((record, error))
-                    continue
-                effect = EFFECTS.get(event.type.name)
-                if effect is None:
-                    counts["skipped"] += 1
-                    continue
-                try:
-                    async with conn.transaction():  # savepoint: one record's claim + effect
-                        if not await inbox.claim(conn, CONSUMER, event.id):
-                            counts["duplicates"] += 1
-                            continue
-                        await set_tenant(conn, UUID(event.tenant_id))
-                        new = await effect(conn, options, event)
-                        made.extend(new)
-                        counts["deliveries"] += len(new)
-                        applied.append(event)
-                except PoisonMessage as error:
-                    poison.append((record, error))
-                except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as error:
-                    # Deterministic: the same record would fail the same way on every retry.
-                    poison.append(
-                        (record, PoisonMessage("rejected-by-database", type(error).__name__))
+                    applied = await apply_claimed(
+                        conn,
+                        CONSUMER,
+                        [event for _, event in decoded],
+                        lambda c, fresh: self._apply_fresh(c, options, fresh, made),
                     )
+                except (PoisonMessage, asyncpg.PostgresError) as error:
+                    # A deterministic refusal is isolated record by record (applied or
+                    # dead-lettered); a transient error most likely fails there too and the
+                    # batch is retried.
+                    log.warning(
+                        "notice batch refused; applying its records one by one",
+                        error=type(error).__name__,
+                    )
+                    self.batch_fallbacks += 1
+                    made.clear()
+                    applied = await self._apply_each(conn, options, decoded, poison, made)
             # Dead letters are acknowledged before the effects commit: a crash in between
             # re-sends a dead letter (harmless) rather than losing one.
             for rejected, reason in poison:
@@ -171,10 +209,53 @@ class NoticeProcessor:
         # Committed: the notices (and this service's answers) exist from now on.
         metrics.observe_propagation(CONSUMER, ((e.type.name, e.time) for e in applied))
         self.applied += len(applied)
-        self.skipped += counts["skipped"]
-        self.duplicates += counts["duplicates"]
-        self.deliveries += counts["deliveries"]
+        self.skipped += skipped
+        self.duplicates += len(decoded) - len(applied) - (len(poison) - undecodable)
+        self.deliveries += len(made)
         return made
+
+    async def _apply_fresh(
+        self,
+        conn: Connection,
+        options: NoticeOptions,
+        fresh: Sequence[ReceivedEvent],
+        made: list[Claimed],
+    ) -> None:
+        """The batch path's effects: the events claimed now, a few statements per tenant."""
+        by_tenant: dict[str, list[ReceivedEvent]] = {}
+        for event in fresh:
+            by_tenant.setdefault(event.tenant_id, []).append(event)
+        for tenant, events in by_tenant.items():
+            tenant_id = UUID(tenant)
+            await set_tenant(conn, tenant_id)
+            made.extend(await apply_tenant_events(conn, options, tenant_id, events))
+
+    async def _apply_each(
+        self,
+        conn: Connection,
+        options: NoticeOptions,
+        decoded: Sequence[tuple[ConsumerRecord[bytes, bytes], ReceivedEvent]],
+        poison: list[tuple[ConsumerRecord[bytes, bytes], PoisonMessage]],
+        made: list[Claimed],
+    ) -> list[ReceivedEvent]:
+        """The per-record path: a savepoint per record for its claim and effect; the events
+        applied."""
+        applied: list[ReceivedEvent] = []
+        for record, event in decoded:
+            try:
+                async with conn.transaction():  # savepoint: one record's claim + effect
+                    if not await inbox.claim(conn, CONSUMER, event.id):
+                        continue
+                    tenant_id = UUID(event.tenant_id)
+                    await set_tenant(conn, tenant_id)
+                    made.extend(await apply_tenant_events(conn, options, tenant_id, [event]))
+                    applied.append(event)
+            except PoisonMessage as error:
+                poison.append((record, error))
+            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as error:
+                # Deterministic: the same record would fail the same way on every retry.
+                poison.append((record, PoisonMessage("rejected-by-database", type(error).__name__)))
+        return applied
 
     async def _dead_letter(
         self, record: ConsumerRecord[bytes, bytes], error: PoisonMessage

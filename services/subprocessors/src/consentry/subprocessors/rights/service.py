@@ -1,8 +1,9 @@
 """The notifier's effects for rights requests (docs/rights-requests.md), each in the
 transaction of the event's inbox claim:
 
-- `ErasureRequested`: the recipients' notices (`deliveries.service.notice_erasure`) and this
-  service's `ErasureCompleted{service: subprocessors}` with `erased` empty. It erases
+- `ErasureRequested`: the recipients' notices (`deliveries.service.erasure_notices`) and
+  this service's `ErasureCompleted{service: subprocessors}` (`erasure_completed`) with
+  `erased` empty. It erases
   nothing: what it holds about a subject is the record of who was told what and who
   confirmed, by pseudonymous reference only (notices, deliveries), which is what it must
   show for the erasure itself (Art. 19, Art. 5(2)).
@@ -19,13 +20,13 @@ from uuid import UUID
 
 import asyncpg
 
-from consentry.eventing import outbox, rights
+from consentry.eventing import outbox, rights, tracing
 from consentry.eventing.db import Connection
-from consentry.eventing.envelope import ReceivedEvent, utcnow
+from consentry.eventing.envelope import Event, ReceivedEvent, utcnow
 from consentry.rights.v1 import rights_pb2
 from consentry.subprocessors.deliveries.events import SOURCE
 from consentry.subprocessors.deliveries.models import Claimed
-from consentry.subprocessors.deliveries.service import NoticeOptions, notice_erasure
+from consentry.subprocessors.deliveries.service import NoticeOptions
 from consentry.subprocessors.recipients.models import EEA_COUNTRIES
 from consentry.subprocessors.rights import repository
 
@@ -92,25 +93,21 @@ async def access_part(conn: Connection, *, tenant_id: UUID, subject_ref: str) ->
     }
 
 
-async def answer_erasure(
-    conn: Connection, options: NoticeOptions, event: ReceivedEvent
-) -> list[Claimed]:
-    """ErasureRequested: notify the recipients and report this service's erasure (nothing
-    erased, see the module doc); the deliveries made."""
+def erasure_completed(event: ReceivedEvent) -> Event:
+    """This service's answer to an ErasureRequested: nothing erased (see the module doc),
+    continuing the request's trace."""
     message = event.message
     assert isinstance(message, rights_pb2.ErasureRequested)
-    made = await notice_erasure(conn, options, event)
-    completed = rights.erasure_completed(
-        service=SERVICE,
-        source=SOURCE,
-        tenant_id=UUID(event.tenant_id),
-        subject_ref=event.subject_ref,
-        request_id=message.request_id,
-        erased=[],
-        at=utcnow(),
-    )
-    await outbox.add(conn, completed)
-    return made
+    with tracing.continuing(event):
+        return rights.erasure_completed(
+            service=SERVICE,
+            source=SOURCE,
+            tenant_id=UUID(event.tenant_id),
+            subject_ref=event.subject_ref,
+            request_id=message.request_id,
+            erased=[],
+            at=utcnow(),
+        )
 
 
 async def answer_access(
