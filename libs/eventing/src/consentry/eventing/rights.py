@@ -15,7 +15,13 @@ from typing import Any
 from uuid import UUID
 
 from consentry.eventing import catalogue
-from consentry.eventing.envelope import Event, PoisonMessage, to_timestamp
+from consentry.eventing.envelope import (
+    Event,
+    PoisonMessage,
+    ReceivedEvent,
+    to_timestamp,
+    utcnow,
+)
 from consentry.eventing.sealing import seal_part
 from consentry.rights.v1 import rights_pb2
 
@@ -47,6 +53,24 @@ def erasure_completed(
         message=message,
         source=source,
         time=at,
+    )
+
+
+def answer_erasure(
+    event: ReceivedEvent, *, service: str, source: str, erased: Sequence[str]
+) -> Event:
+    """`erasure_completed` answering a received ErasureRequested (its tenant, subject and
+    request), completed now."""
+    message = event.message
+    assert isinstance(message, rights_pb2.ErasureRequested)
+    return erasure_completed(
+        service=service,
+        source=source,
+        tenant_id=UUID(event.tenant_id),
+        subject_ref=event.subject_ref,
+        request_id=message.request_id,
+        erased=erased,
+        at=utcnow(),
     )
 
 

@@ -152,7 +152,7 @@ class RightsHandler:
         if isinstance(message, rights_pb2.ErasureRequested):
             await set_tenant(conn, tenant_id)
             erased = await erase_subject(conn, tenant_id, event.subject_ref)
-            await outbox.add(conn, _completed(event, message, erased))
+            await outbox.add(conn, _completed(event, erased))
         elif isinstance(message, rights_pb2.AccessRequested):
             await set_tenant(conn, tenant_id)
             part = await access_part(conn, self._sealer, tenant_id, event.subject_ref)
@@ -190,27 +190,15 @@ class RightsHandler:
         erased = await erase_subjects(conn, tenant_id, [event.subject_ref for event in run])
         completed = []
         for event in run:
-            message = event.message
-            assert isinstance(message, rights_pb2.ErasureRequested)
             # The first event of a subject erased it; a repeat finds nothing left. Each answer
             # continues the trace of the request it answers.
             with tracing.continuing(event):
-                completed.append(_completed(event, message, erased.pop(event.subject_ref, [])))
+                completed.append(_completed(event, erased.pop(event.subject_ref, [])))
         await outbox.add_many(conn, completed)
 
 
-def _completed(
-    event: ReceivedEvent, message: rights_pb2.ErasureRequested, erased: list[str]
-) -> Event:
-    return rights.erasure_completed(
-        service=SERVICE,
-        source=SOURCE,
-        tenant_id=UUID(event.tenant_id),
-        subject_ref=event.subject_ref,
-        request_id=message.request_id,
-        erased=erased,
-        at=utcnow(),
-    )
+def _completed(event: ReceivedEvent, erased: list[str]) -> Event:
+    return rights.answer_erasure(event, service=SERVICE, source=SOURCE, erased=erased)
 
 
 async def run_rights(settings: RightsSettings, stop: asyncio.Event) -> None:

@@ -96,18 +96,8 @@ async def access_part(conn: Connection, *, tenant_id: UUID, subject_ref: str) ->
 def erasure_completed(event: ReceivedEvent) -> Event:
     """This service's answer to an ErasureRequested: nothing erased (see the module doc),
     continuing the request's trace."""
-    message = event.message
-    assert isinstance(message, rights_pb2.ErasureRequested)
     with tracing.continuing(event):
-        return rights.erasure_completed(
-            service=SERVICE,
-            source=SOURCE,
-            tenant_id=UUID(event.tenant_id),
-            subject_ref=event.subject_ref,
-            request_id=message.request_id,
-            erased=[],
-            at=utcnow(),
-        )
+        return rights.answer_erasure(event, service=SERVICE, source=SOURCE, erased=[])
 
 
 async def answer_access(
