@@ -35,7 +35,8 @@ the partition's high watermark minus the next offset to read.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -117,6 +118,78 @@ async def commit_offsets(
     except KafkaError as exc:
         # The next batch's commit covers these offsets; until then a restart re-reads them.
         log.warning("offset commit failed", consumer=name, error=repr(exc))
+
+
+# A partition: aiokafka's TopicPartition, faust's TP (both a (topic, partition) named tuple).
+_TP = TypeVar("_TP", bound=tuple[str, int])
+
+
+class LogLossGuard:
+    """Notices a partition whose log now ends before the offset its consumer reads next.
+
+    That happens when the broker lost data under a running consumer: the development broker
+    (memory storage) on every restart, Apache Kafka after an unclean leader election. Kafka
+    answers a fetch beyond the log's end with OFFSET_OUT_OF_RANGE, which
+    `auto_offset_reset="earliest"` turns into a rewind; the development broker answers with
+    no records and a high watermark below the position, and a commit of the batch read just
+    before the loss can land on the group's new generation. Either way the consumer would wait
+    at its old position and skip everything written below it, e.g. the events `replay`
+    re-publishes and the new ones written after the loss. The guard tracks the next offset of
+    each partition it saw records of (`read`) and, after every poll, names the partitions
+    whose high watermark is below it (`lost`): their consumer re-reads them from the
+    beginning, which is harmless (inbox, audit chain) and counted in
+    `consentry_consumer_log_rewinds`.
+
+    A loss is noticed only while the new log is still shorter than the old position (within
+    a poll of the broker's return in practice): after that, nothing distinguishes the new log
+    from the old one. docs/reliability.md, "The broker loses its data".
+    """
+
+    def __init__(self, consumer: str) -> None:
+        self.consumer = consumer
+        self._next: dict[tuple[str, int], int] = {}
+        self.rewinds = 0
+
+    def read(
+        self, fetched: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        """Note the records a poll returned."""
+        for tp, records in fetched.items():
+            if records:
+                self._next[(tp.topic, tp.partition)] = records[-1].offset + 1
+
+    def lost(self, highwaters: Mapping[_TP, int | None]) -> list[_TP]:
+        """The partitions (of `highwaters`: partition -> its high watermark, None when not
+        known yet) to re-read from the beginning; each is then forgotten until read again."""
+        lost = [
+            tp
+            for tp, highwater in highwaters.items()
+            if highwater is not None
+            and (position := self._next.get((tp[0], tp[1]))) is not None
+            and highwater < position
+        ]
+        for tp in lost:
+            position = self._next.pop((tp[0], tp[1]))
+            log.warning(
+                "partition log ends before the consumer's position (the broker lost data);"
+                " re-reading it from the beginning",
+                consumer=self.consumer,
+                topic=tp[0],
+                partition=tp[1],
+                position=position,
+                highwater=highwaters[tp],
+            )
+            metrics.LOG_REWINDS.labels(self.consumer, tp[0]).inc()
+        self.rewinds += len(lost)
+        return lost
+
+    async def check(self, consumer: AIOKafkaConsumer) -> None:
+        """`lost` for `consumer`'s assigned partitions (high watermarks of its last fetches,
+        no request), which it then re-reads from their beginning."""
+        assigned = consumer.assignment()
+        lost = self.lost({tp: consumer.highwater(tp) for tp in assigned})
+        if lost:
+            await consumer.seek_to_beginning(*(TopicPartition(*tp) for tp in lost))
 
 
 async def send_dead_letter(
@@ -201,12 +274,15 @@ class EventConsumer:
         self.duplicates = 0
         self.dead_lettered = 0
         self.batch_fallbacks = 0
+        self.log_loss = LogLossGuard(name)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set."""
         backoff = 0.2
         while not stop.is_set():
+            await self.log_loss.check(self._consumer)
             batches = await self._consumer.getmany(timeout_ms=500, max_records=self._max_records)
+            self.log_loss.read(batches)
             for tp, records in batches.items():
                 while not stop.is_set():
                     try:

@@ -86,6 +86,13 @@ PROPAGATION = Histogram(
     buckets=PROPAGATION_BUCKETS,
     registry=REGISTRY,
 )
+LOG_REWINDS = Counter(
+    "consentry_consumer_log_rewinds",
+    "Partitions a consumer re-read from the beginning because their log ended before its"
+    " position (the broker lost data)",
+    ["consumer", "topic"],
+    registry=REGISTRY,
+)
 CONSUMER_LAG = Gauge(
     "consentry_consumer_lag",
     "Records behind the partition's high watermark after the consumer's last batch",

@@ -64,6 +64,7 @@ from consentry.audit.records import decode_record
 from consentry.eventing import metrics
 from consentry.eventing.consumer import (
     TRANSIENT_ERRORS,
+    LogLossGuard,
     commit_offsets,
     measure_lag,
     send_dead_letter,
@@ -178,6 +179,7 @@ class ChainAppender:
         self.duplicates = 0
         self.dead_lettered = 0
         self.batch_fallbacks = 0
+        self.log_loss = LogLossGuard(name)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batches in flight then finish and commit."""
@@ -187,9 +189,11 @@ class ChainAppender:
         try:
             while flight or not stop.is_set():
                 if not stop.is_set() and len(flight) < self._pipeline:
+                    await self.log_loss.check(self._consumer)
                     fetched = await self._consumer.getmany(
                         timeout_ms=0 if flight else 500, max_records=self._max_records
                     )
+                    self.log_loss.read(fetched)
                     if fetched:
                         batch = await self._prepare(fetched)
                         for part in batch.parts:

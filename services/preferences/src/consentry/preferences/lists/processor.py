@@ -18,9 +18,10 @@ Once a batch commits, each event it applied is observed in `consentry_propagatio
 `consentry_dead_letters_total`.
 
 faust is configured for a broker it does not own: no topic is declared (the dev stack and
-the operator create them), no leader topic, no web server, memory store (no tables); and the
+the operator create them), no leader topic, no web server, memory store (no tables); the
 fetch wait is ours (`kafka_fetch_max_wait_ms`), not faust's fixed 1.5 s, which the
-development broker would hold every fetch for.
+development broker would hold every fetch for; and a partition whose log the broker lost is
+re-read from its beginning (`consentry.eventing.faust_kafka`).
 """
 
 from __future__ import annotations
@@ -32,19 +33,19 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import cast
 
 import asyncpg
 import faust
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from faust.streams import Stream
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import EventT, StreamT
 
 from consentry.eventing import kafka, metrics, topics
 from consentry.eventing.consumer import TRANSIENT_ERRORS, send_dead_letter
 from consentry.eventing.db import Connection, Pool, create_pool
 from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, decode
+from consentry.eventing.faust_kafka import App
 from consentry.eventing.logs import get_logger
 from consentry.preferences.lists import service
 from consentry.preferences.settings import ListProcessorSettings
@@ -69,41 +70,11 @@ _CUSTOM_PLANS = "SELECT set_config('plan_cache_mode', 'force_custom_plan', true)
 _REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """faust's aiokafka consumer with our fetch wait instead of its fixed 1,500 ms."""
-
-    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        # Read by AIOKafkaConsumer.start() when it builds its fetcher; faust offers no setting.
-        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", 500)
-        consumer._fetch_min_bytes = getattr(self.app, "fetch_min_bytes", 1)
-        return consumer
-
-
-class _Consumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class _Transport(faust_aiokafka.Transport):
-    Consumer = _Consumer
-
-
-class ListApp(faust.App):
-    """A faust app on our transport (see `_ConsumerThread`)."""
-
-    fetch_max_wait_ms = 500
-    fetch_min_bytes = 1
-
-    def _new_transport(self) -> Any:
-        return _Transport(self.conf.broker_consumer, self)
-
-
-def faust_app(settings: ListProcessorSettings, datadir: str) -> ListApp:
+def faust_app(settings: ListProcessorSettings, datadir: str) -> App:
     """The processor's faust app (no agent yet); faust keeps its files in `datadir` (never
     the working directory)."""
     seconds = settings.list_processor_session_timeout_ms / 1000
-    app = ListApp(
+    app = App(
         settings.list_processor_name,  # the consumer group
         broker=[
             f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")

@@ -41,6 +41,7 @@ from consentry.eventing import catalogue, inbox, kafka, metrics, outbox, topics
 from consentry.eventing.consumer import TRANSIENT_ERRORS, apply_claimed, send_dead_letter
 from consentry.eventing.db import Connection, Pool, create_pool, set_tenant
 from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, decode
+from consentry.eventing.faust_kafka import App
 from consentry.eventing.logs import get_logger
 from consentry.subprocessors.deliveries.models import Claimed
 from consentry.subprocessors.deliveries.service import (
@@ -49,7 +50,6 @@ from consentry.subprocessors.deliveries.service import (
     make_notices,
     withdrawal_notices,
 )
-from consentry.subprocessors.notifier.faust_kafka import App
 from consentry.subprocessors.notifier.sender import Sender
 from consentry.subprocessors.rights.service import answer_access, erasure_completed
 from consentry.subprocessors.settings import NotifierSettings
