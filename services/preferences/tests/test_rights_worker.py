@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import asyncpg
 import httpx
@@ -13,10 +14,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from consentry.eventing import catalogue
+from consentry.eventing.db import Connection
 from consentry.eventing.envelope import Event, ReceivedEvent, decode, encode
 from consentry.eventing.sealing import Sealer, SealingError, open_part
 from consentry.eventing.testing import outbox_events
 from consentry.preferences import contacts
+from consentry.preferences.rights import worker
 from consentry.preferences.rights.worker import RightsHandler
 from consentry.preferences.tenants import load_keys
 from consentry.preferences.v1 import lists_pb2
@@ -30,15 +33,15 @@ REF = ref_of(EMAIL)
 
 
 def _wire(
-    message: rights_pb2.ErasureRequested | rights_pb2.AccessRequested,
+    message: rights_pb2.ErasureRequested | rights_pb2.AccessRequested | rights_pb2.ErasureCompleted,
     subject_ref: str = REF,
     traceparent: str | None = None,
 ) -> ReceivedEvent:
-    event_type = (
-        catalogue.ERASURE_REQUESTED
-        if isinstance(message, rights_pb2.ErasureRequested)
-        else catalogue.ACCESS_REQUESTED
-    )
+    event_type = {
+        rights_pb2.ErasureRequested: catalogue.ERASURE_REQUESTED,
+        rights_pb2.AccessRequested: catalogue.ACCESS_REQUESTED,
+        rights_pb2.ErasureCompleted: catalogue.ERASURE_COMPLETED,
+    }[type(message)]
     record = encode(
         Event(
             type=event_type,
@@ -265,3 +268,49 @@ async def test_access_part_is_sealed_to_the_request_key(
             request_id=request_id,
             service="preferences",
         )
+
+
+async def test_other_services_answers_do_not_cut_a_run_of_erasures(
+    client: httpx.AsyncClient,
+    topics: list[str],
+    db: asyncpg.Connection,
+    app_dsn: str,
+    sealer: Sealer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bulk erasure reaches this service as requests interleaved with the other services'
+    answers (same subject, same partition): the requests are still erased in one go."""
+    emails = ["margaret@example.com", "edsger@example.com", "barbara@example.com"]
+    for email in emails:
+        await _subject_with_contact(client, db, email)
+    refs = [ref_of(email) for email in emails]
+    batch: list[ReceivedEvent] = []
+    for ref in refs:
+        batch.append(_erasure(ref, "bulk"))
+        answer = rights_pb2.ErasureCompleted(
+            tenant_id=str(TENANT_ID), subject_ref=ref, request_id="bulk", service="consent"
+        )
+        batch.append(_wire(answer, ref))
+    calls: list[list[str]] = []
+    erase_subjects = worker.erase_subjects
+
+    async def counted(conn: Connection, tenant_id: uuid.UUID, refs: list[str]) -> Any:
+        calls.append(list(refs))
+        return await erase_subjects(conn, tenant_id, refs)
+
+    monkeypatch.setattr(worker, "erase_subjects", counted)
+    conn = await asyncpg.connect(app_dsn)
+    try:
+        async with conn.transaction():
+            await RightsHandler(sealer).batch(conn, batch)
+    finally:
+        await conn.close()
+
+    assert calls == [refs]  # one run, not three
+    answers = await outbox_events(db, catalogue.ERASURE_COMPLETED)
+    completed = [a.message for a in answers if isinstance(a.message, rights_pb2.ErasureCompleted)]
+    assert [(m.subject_ref, m.service) for m in completed] == [(r, "preferences") for r in refs]
+    left = await db.fetchval(
+        "SELECT count(*) FROM subjects WHERE subject_ref = ANY($1::text[])", refs
+    )
+    assert left == 0

@@ -138,6 +138,10 @@ async def access_part(
     }
 
 
+# The rights events this service acts on; the rest are not its business.
+_ACTED_ON = (rights_pb2.ErasureRequested, rights_pb2.AccessRequested)
+
+
 class RightsHandler:
     """Erases on `erasure_requested`, answers `access_requested` with this service's part;
     other rights events are not this service's business."""
@@ -166,7 +170,12 @@ class RightsHandler:
         would: each run of erasures of one tenant in a few multi-row statements (the
         preferences service's share of a bulk erasure arrives as a stream of them), anything
         else one by one, in order. A subject named twice in a run is erased by the first
-        event; the later one reports that nothing was left, as it would one at a time."""
+        event; the later one reports that nothing was left, as it would one at a time.
+
+        Events with no effect here (the other services' answers, which share the requests'
+        partitions: a bulk erasure interleaves each request with three answers) are dropped
+        first, so that they do not cut a run into runs of one."""
+        events = [event for event in events if isinstance(event.message, _ACTED_ON)]
         at = 0
         while at < len(events):
             event = events[at]
