@@ -26,6 +26,12 @@ so the consumer cannot make one of them current: a batch handler that publishes 
 the building of each in `tracing.continuing(event)`; events it builds outside one carry no
 trace.
 
+A partition whose log the broker lost under the consumer (its high watermark now below the
+next offset to read) is re-read from its beginning (`LogLossGuard`, checked after each
+poll): the development broker answers such a fetch with no records instead of Kafka's
+OFFSET_OUT_OF_RANGE, and the consumer would otherwise skip what is written below its old
+position.
+
 Metrics (`consentry.eventing.metrics`): once a batch's transaction commits, each event applied
 in it observes `consentry_propagation_seconds` (now - the event's CloudEvents time); each dead
 letter counts in `consentry_dead_letters_total`; after each batch `consentry_consumer_lag` is
