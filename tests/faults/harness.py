@@ -299,10 +299,7 @@ class FaultStack:
         """Stop the broker and start an empty one on the same port (all data lost)."""
         if self._broker is None:
             raise RuntimeError("only a broker the stack owns can be restarted")
-        port = int(self._bootstrap.rsplit(":", 1)[1])
-        await asyncio.to_thread(self._broker.stop)
-        self._broker = EmbeddedBroker(port=port)
-        address = await asyncio.to_thread(self._broker.start)
+        address = await asyncio.to_thread(self._broker.lose_everything)
         assert address == self._bootstrap, (address, self._bootstrap)
         await self.create_topics()
 

@@ -67,3 +67,28 @@ async def test_a_message_with_headers_round_trips(kafka_bootstrap: str) -> None:
         await consumer.stop()
     assert (record.key, record.value, record.offset) == (b"subject-1", b"\x08\x01", sent.offset)
     assert list(record.headers) == headers
+
+
+@pytest.mark.integration
+async def test_lose_everything_restarts_empty_on_the_same_address() -> None:
+    with EmbeddedBroker() as broker:
+        name = f"le.{uuid.uuid4().hex[:8]}.v1"
+        await create_topics(broker.bootstrap, [TopicSpec(name, partitions=1)])
+        old_pid = broker.pid
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:
+            assert name in await admin.list_topics()
+        finally:
+            await admin.close()
+
+        address = await asyncio.to_thread(broker.lose_everything)
+
+        assert address == broker.bootstrap
+        assert broker.pid != old_pid
+        admin = AIOKafkaAdminClient(bootstrap_servers=address)
+        await admin.start()
+        try:
+            assert name not in await admin.list_topics()
+        finally:
+            await admin.close()

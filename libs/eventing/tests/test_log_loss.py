@@ -34,7 +34,7 @@ PARTITION = TopicPartition(topics.CONSENT, 0)
 
 
 class OwnBroker:
-    """An embedded broker on a fixed port that can lose everything it holds."""
+    """An embedded broker of the test's own, with its topics, that can lose everything."""
 
     def __init__(self) -> None:
         self._broker = EmbeddedBroker(port=0)
@@ -45,10 +45,7 @@ class OwnBroker:
         await self._topics()
 
     async def lose_everything(self) -> None:
-        port = int(self.bootstrap.rsplit(":", 1)[1])
-        await asyncio.to_thread(self._broker.stop)
-        self._broker = EmbeddedBroker(port=port)
-        assert await asyncio.to_thread(self._broker.start) == self.bootstrap
+        assert await asyncio.to_thread(self._broker.lose_everything) == self.bootstrap
         await self._topics()
 
     async def stop(self) -> None:

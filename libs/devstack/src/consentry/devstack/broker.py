@@ -109,6 +109,15 @@ class EmbeddedBroker(ChildServer):
         """`host:port` for `bootstrap_servers`, once started."""
         return self.address
 
+    def lose_everything(self) -> str:
+        """Stop the broker and start an empty one on the same address: a broker that lost all
+        its data (memory storage: topics, records and group offsets are gone; create the
+        topics again). The address, unchanged."""
+        address = self.address
+        self.stop()
+        self._port = int(address.rsplit(":", 1)[1])
+        return self.start()
+
     def _start(self) -> str:
         binary = tansu_binary()
         self._scratch = scratch_dir("consentry-tansu-")

@@ -27,8 +27,8 @@ the building of each in `tracing.continuing(event)`; events it builds outside on
 trace.
 
 A partition whose log the broker lost under the consumer (its high watermark now below the
-next offset to read) is re-read from its beginning (`LogLossGuard`, checked after each
-poll): the development broker answers such a fetch with no records instead of Kafka's
+next offset to read) is re-read from its beginning (`LogLossGuard.poll`, before each
+fetch): the development broker answers such a fetch with no records instead of Kafka's
 OFFSET_OUT_OF_RANGE, and the consumer would otherwise skip what is written below its old
 position.
 
@@ -153,7 +153,7 @@ class LogLossGuard:
 
     def __init__(self, consumer: str) -> None:
         self.consumer = consumer
-        self._next: dict[tuple[str, int], int] = {}
+        self._next: dict[tuple[str, int], int] = {}  # partition -> the next offset to read
         self.rewinds = 0
 
     def read(
@@ -162,7 +162,7 @@ class LogLossGuard:
         """Note the records a poll returned."""
         for tp, records in fetched.items():
             if records:
-                self._next[(tp.topic, tp.partition)] = records[-1].offset + 1
+                self._next[tp] = records[-1].offset + 1
 
     def lost(self, highwaters: Mapping[_TP, int | None]) -> list[_TP]:
         """The partitions (of `highwaters`: partition -> its high watermark, None when not
@@ -170,32 +170,35 @@ class LogLossGuard:
         lost = [
             tp
             for tp, highwater in highwaters.items()
-            if highwater is not None
-            and (position := self._next.get((tp[0], tp[1]))) is not None
-            and highwater < position
+            if highwater is not None and highwater < self._next.get(tp, 0)
         ]
         for tp in lost:
-            position = self._next.pop((tp[0], tp[1]))
             log.warning(
                 "partition log ends before the consumer's position (the broker lost data);"
                 " re-reading it from the beginning",
                 consumer=self.consumer,
                 topic=tp[0],
                 partition=tp[1],
-                position=position,
+                position=self._next.pop(tp),
                 highwater=highwaters[tp],
             )
             metrics.LOG_REWINDS.labels(self.consumer, tp[0]).inc()
         self.rewinds += len(lost)
         return lost
 
-    async def check(self, consumer: AIOKafkaConsumer) -> None:
-        """`lost` for `consumer`'s assigned partitions (high watermarks of its last fetches,
-        no request), which it then re-reads from their beginning."""
-        assigned = consumer.assignment()
-        lost = self.lost({tp: consumer.highwater(tp) for tp in assigned})
+    async def poll(
+        self, consumer: AIOKafkaConsumer, *, timeout_ms: int, max_records: int | None
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """`consumer.getmany`, after re-reading from their beginning the assigned partitions
+        whose log was lost (high watermarks of the last fetches: no request)."""
+        lost = self.lost({tp: consumer.highwater(tp) for tp in consumer.assignment()})
         if lost:
-            await consumer.seek_to_beginning(*(TopicPartition(*tp) for tp in lost))
+            await consumer.seek_to_beginning(*lost)
+        fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = await consumer.getmany(
+            timeout_ms=timeout_ms, max_records=max_records
+        )
+        self.read(fetched)
+        return fetched
 
 
 async def send_dead_letter(
@@ -286,9 +289,9 @@ class EventConsumer:
         """Consume until `stop` is set."""
         backoff = 0.2
         while not stop.is_set():
-            await self.log_loss.check(self._consumer)
-            batches = await self._consumer.getmany(timeout_ms=500, max_records=self._max_records)
-            self.log_loss.read(batches)
+            batches = await self.log_loss.poll(
+                self._consumer, timeout_ms=500, max_records=self._max_records
+            )
             for tp, records in batches.items():
                 while not stop.is_set():
                     try:

@@ -53,8 +53,8 @@ class _Consumer(faust_aiokafka.Consumer):
 
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:  # noqa: ASYNC109 (faust's signature)
         assigned = self.assignment()
-        for topic, partition in self.log_loss.lost({tp: self.highwater(tp) for tp in assigned}):
-            await self._rewind(TP(topic, partition))
+        for tp in self.log_loss.lost({tp: self.highwater(tp) for tp in assigned}):
+            await self._rewind(tp)
         records = await super()._getmany(active_partitions, timeout)
         self.log_loss.read(records)
         return records

@@ -189,11 +189,11 @@ class ChainAppender:
         try:
             while flight or not stop.is_set():
                 if not stop.is_set() and len(flight) < self._pipeline:
-                    await self.log_loss.check(self._consumer)
-                    fetched = await self._consumer.getmany(
-                        timeout_ms=0 if flight else 500, max_records=self._max_records
+                    fetched = await self.log_loss.poll(
+                        self._consumer,
+                        timeout_ms=0 if flight else 500,
+                        max_records=self._max_records,
                     )
-                    self.log_loss.read(fetched)
                     if fetched:
                         batch = await self._prepare(fetched)
                         for part in batch.parts:
