@@ -8,6 +8,7 @@ import logging
 import pytest
 import structlog
 
+from consentry.eventing import kafka
 from consentry.eventing.logs import configure_logging, get_logger
 from consentry.eventing.settings import (
     DatabaseSettings,
@@ -37,6 +38,25 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(_Both)
     assert settings.database_url == "postgresql://x@127.0.0.1/db"
     assert settings.kafka_enable_idempotence is False  # the dev broker lacks it
+
+
+async def test_fetches_default_to_apache_kafkas_settings_and_reach_the_consumer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """500 ms / 1 byte unless set (the embedded broker's clients set their own pair,
+    `consentry.devstack.broker.TANSU_CLIENT_ENV`); what is set is what the consumer asks."""
+    monkeypatch.delenv("CONSENTRY_KAFKA_FETCH_MAX_WAIT_MS", raising=False)
+    monkeypatch.delenv("CONSENTRY_KAFKA_FETCH_MIN_BYTES", raising=False)
+    default = KafkaSettings(kafka_bootstrap_servers="127.0.0.1:9092")
+    assert (default.kafka_fetch_max_wait_ms, default.kafka_fetch_min_bytes) == (500, 1)
+
+    monkeypatch.setenv("CONSENTRY_KAFKA_FETCH_MAX_WAIT_MS", "200")
+    monkeypatch.setenv("CONSENTRY_KAFKA_FETCH_MIN_BYTES", "65536")
+    consumer = kafka.consumer(KafkaSettings(kafka_bootstrap_servers="127.0.0.1:9092"), "g", "t")
+    try:
+        assert (consumer._fetch_max_wait_ms, consumer._fetch_min_bytes) == (200, 65536)
+    finally:
+        await consumer.stop()  # never started: closes it without a broker
 
 
 def test_logs_redact_personal_data_keys(capsys: pytest.CaptureFixture[str]) -> None:

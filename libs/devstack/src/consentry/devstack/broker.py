@@ -74,11 +74,21 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-# Client settings for the embedded broker. Tansu holds every consumer group join for half the
-# session timeout (aiokafka's default 10 s: 5 s per join, per restart of a member), so clients
-# of the embedded broker use a shorter session. Only for it: Apache Kafka refuses sessions
-# below group.min.session.timeout.ms (6 s by default).
-TANSU_CLIENT_ENV = {"CONSENTRY_KAFKA_SESSION_TIMEOUT_MS": "3000"}
+# Client settings for the embedded broker (ADR 0002).
+# - Tansu holds every consumer group join for half the session timeout (aiokafka's default
+#   10 s: 5 s per join, per restart of a member), so clients of the embedded broker use a
+#   shorter session. Only for it: Apache Kafka refuses sessions below
+#   group.min.session.timeout.ms (6 s by default).
+# - Fetches: Tansu answers every fetch at the latest after its wait and spends CPU on each,
+#   so ~20 idle consumers at a 20 ms wait kept the broker 27 % of a core busy doing nothing,
+#   and under load a minimum of 1 byte made every fetch carry a few records (one transaction
+#   each downstream). 200 ms and 64 KiB: idle cost down to ~4 %, batches of up to 200 ms
+#   under load, at most 200 ms added per hop when quiet (bench/rights_erasure, 2026-11-30).
+TANSU_CLIENT_ENV = {
+    "CONSENTRY_KAFKA_SESSION_TIMEOUT_MS": "3000",
+    "CONSENTRY_KAFKA_FETCH_MAX_WAIT_MS": "200",
+    "CONSENTRY_KAFKA_FETCH_MIN_BYTES": "65536",
+}
 
 
 class EmbeddedBroker(ChildServer):

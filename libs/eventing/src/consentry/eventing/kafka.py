@@ -36,6 +36,7 @@ def consumer(settings: KafkaSettings, group_id: str, *topics: str) -> AIOKafkaCo
         isolation_level="read_uncommitted",
         max_poll_records=500,
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        fetch_min_bytes=settings.kafka_fetch_min_bytes,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=max(100, settings.kafka_session_timeout_ms // 3),
     )

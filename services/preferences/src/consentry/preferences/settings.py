@@ -121,9 +121,9 @@ class ListProcessorSettings(DatabaseSettings, KafkaSettings):
     list_processor_lag_log_seconds: float = Field(
         default=10.0, ge=0.1, description="how often the processor logs its lag and counters"
     )
-    list_processor_fetch_min_bytes: int = Field(
-        default=1,
+    list_processor_fetch_min_bytes: int | None = Field(
+        default=None,
         ge=1,
         description="bytes a fetch waits for (up to CONSENTRY_KAFKA_FETCH_MAX_WAIT_MS): more "
-        "means fewer, fuller fetches under load",
+        "means fewer, fuller fetches under load; unset: CONSENTRY_KAFKA_FETCH_MIN_BYTES",
     )

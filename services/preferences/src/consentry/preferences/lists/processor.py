@@ -19,9 +19,10 @@ Once a batch commits, each event it applied is observed in `consentry_propagatio
 
 faust is configured for a broker it does not own: no topic is declared (the dev stack and
 the operator create them), no leader topic, no web server, memory store (no tables); the
-fetch wait is ours (`kafka_fetch_max_wait_ms`), not faust's fixed 1.5 s, which the
-development broker would hold every fetch for; and a partition whose log the broker lost is
-re-read from its beginning (`consentry.eventing.faust_kafka`).
+fetch wait and minimum are ours (`kafka_fetch_max_wait_ms`, `kafka_fetch_min_bytes`), not
+faust's fixed 1.5 s, which the development broker would hold every fetch for; and a
+partition whose log the broker lost is re-read from its beginning
+(`consentry.eventing.faust_kafka`).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def faust_app(settings: ListProcessorSettings, datadir: str) -> App:
         producer_acks=-1,
     )
     app.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
-    app.fetch_min_bytes = settings.list_processor_fetch_min_bytes
+    app.fetch_min_bytes = settings.list_processor_fetch_min_bytes or settings.kafka_fetch_min_bytes
     return app
 
 

@@ -301,6 +301,7 @@ def build_app(
         producer_acks=-1,
     )
     app.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
+    app.fetch_min_bytes = settings.kafka_fetch_min_bytes
     source = app.topic(
         *INPUT_TOPICS,
         key_type=bytes,
