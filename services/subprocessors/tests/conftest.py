@@ -237,11 +237,12 @@ def ok(status: int = 204) -> Behaviour:
     return lambda _n, _id, _body: Response(status=status)
 
 
-def signed_ack(secret: str, status: int = 200) -> Behaviour:
-    """Answer with a signed `{"acknowledged": true}` (acknowledged at once)."""
+def signed_ack(secret: str, status: int = 200, padding: int = 0) -> Behaviour:
+    """Answer with a signed `{"acknowledged": true}` (acknowledged at once); `padding`
+    spaces after the JSON, still valid and signed."""
 
     def answer(_n: int, message_id: str, _body: bytes) -> Response:
-        body = json.dumps({"acknowledged": True})
+        body = json.dumps({"acknowledged": True}) + " " * padding
         signature = Webhook(secret).sign(message_id, datetime.now(UTC), body)
         return Response(
             body,

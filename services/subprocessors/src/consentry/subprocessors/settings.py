@@ -90,6 +90,11 @@ class SenderSettings(DatabaseSettings, SubprocessorsKeySettings):
     webhook_timeout_seconds: float = Field(
         default=10.0, gt=0, le=120, description="the whole of one attempt (connect to answer)"
     )
+    webhook_proxy_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="an HTTP proxy every webhook goes through (egress); unset: direct. The "
+        "*_PROXY environment variables are not read",
+    )
     retry_base_seconds: float = Field(
         default=5.0, gt=0, description="backoff before the 2nd attempt (full jitter, doubling)"
     )
@@ -118,8 +123,7 @@ class SenderSettings(DatabaseSettings, SubprocessorsKeySettings):
         default=16,
         ge=1,
         le=1024,
-        description="webhooks in flight at once (httpx's connection pool costs CPU per "
-        "request in proportion to its connections: raise it for many slow recipients only)",
+        description="webhooks in flight at once (raise it for many slow recipients)",
     )
     sender_poll_seconds: float = Field(
         default=0.5, gt=0, le=60, description="how often due retries are looked for"

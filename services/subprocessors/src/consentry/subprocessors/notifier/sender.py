@@ -33,8 +33,8 @@ from itertools import groupby
 from typing import Any
 from uuid import UUID
 
+import aiohttp
 import asyncpg
-import httpx
 
 from consentry.eventing import metrics
 from consentry.eventing.consumer import TRANSIENT_ERRORS
@@ -120,7 +120,7 @@ class Sender:
         self._pool = pool
         self._settings = settings
         self._sealer: Sealer = settings.sealer()
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._session: aiohttp.ClientSession | None = None
         self._rng = rng or random.Random()  # noqa: S311 - retry jitter, not a secret
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -178,9 +178,13 @@ class Sender:
             if listener is not None:
                 with contextlib.suppress(*TRANSIENT_ERRORS):
                     await listener.close()
-            for client in self._clients.values():
-                await client.aclose()
-            self._clients.clear()
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP client (`run` does this as it ends)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def _listen(self) -> asyncpg.Connection | None:
         """A connection that wakes us on NOTIFY from other processes (best effort: polling
@@ -193,24 +197,23 @@ class Sender:
             return None
         return conn
 
-    def client_for(self, url: str) -> httpx.AsyncClient:
-        """The HTTP client of the URL's origin. One per origin: httpcore's pool scans all its
-        connections on every request, so one pool for every recipient would cost CPU per
-        request in proportion to all connections open anywhere."""
-        parts = httpx.URL(url)
-        origin = f"{parts.scheme}://{parts.host}:{parts.port}"
-        client = self._clients.get(origin)
-        if client is None:
-            client = httpx.AsyncClient(
-                follow_redirects=False,
-                limits=httpx.Limits(
-                    max_connections=self._settings.sender_concurrency,
-                    max_keepalive_connections=self._settings.sender_concurrency,
-                ),
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP client, made on first use (inside the running loop). aiohttp rather than
+        httpx: measured on the development VM, a webhook post cost the sender ~1 ms of CPU
+        with httpx and ~0.1 ms with aiohttp, at hundreds of webhooks a second the largest
+        share of the notifier's CPU (ADR 0010). A proxy is a setting
+        (`CONSENTRY_WEBHOOK_PROXY_URL`), not read from the environment per request (aiohttp's
+        `trust_env` also reads ~/.netrc in a thread for every request); redirects are never
+        followed; `_send` bounds each post's time."""
+        if self._session is None:
+            concurrency = self._settings.sender_concurrency
+            proxy = self._settings.webhook_proxy_url
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency),
                 headers={"user-agent": USER_AGENT},
+                proxy=None if proxy is None else str(proxy),
             )
-            self._clients[origin] = client
-        return client
+        return self._session
 
     async def _loop(self, stop: asyncio.Event) -> None:
         backoff = 0.2
@@ -317,20 +320,21 @@ class Sender:
         """The POST itself and what its answer means."""
         try:
             async with asyncio.timeout(self._settings.webhook_timeout_seconds):
-                async with self.client_for(delivery.webhook_url).stream(
-                    "POST", delivery.webhook_url, content=delivery.payload.encode(), headers=headers
+                async with self.session().post(
+                    delivery.webhook_url,
+                    data=delivery.payload.encode(),
+                    headers=headers,
+                    allow_redirects=False,
                 ) as response:
                     body = await _read_limited(response, self._settings.max_response_bytes)
-        except TimeoutError:
+        except TimeoutError:  # also aiohttp's own timeouts
             return Outcome("failed", "timeout")
-        except httpx.TimeoutException:
-            return Outcome("failed", "timeout")
-        except httpx.ConnectError:
+        except aiohttp.ClientConnectorError:
             return Outcome("failed", "connect-error")
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             return Outcome("failed", f"transport-error:{type(exc).__name__}")
-        if not 200 <= response.status_code < 300:
-            return Outcome("failed", f"http-{response.status_code}")
+        if not 200 <= response.status < 300:
+            return Outcome("failed", f"http-{response.status}")
         if answer_acknowledges(
             secrets_,
             message_id,
@@ -445,11 +449,11 @@ def _count_outcomes(
             metrics.WEBHOOK_DELIVERIES.labels(outcome, reason).inc(count)
 
 
-async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
     """At most `limit` bytes of the answer (a recipient cannot make us read gigabytes)."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.content.iter_any():
         chunks.append(chunk)
         size += len(chunk)
         if size >= limit:
