@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from consentry.consent.db import set_tenant
+from consentry.consent.rights import repository
 from consentry.consent.rights.deadlines import Deadline
 from consentry.consent.rights.fanout import fan_out_chunk, rights_pass, run_rights_worker
 from consentry.consent.rights.service import export_key_context
@@ -348,3 +349,30 @@ async def wait_for_events(db: asyncpg.Connection, count: int, seconds: float = 3
     async with asyncio.timeout(seconds):
         while len(await outbox_events(db, catalogue.ERASURE_REQUESTED)) < count:
             await asyncio.sleep(0.05)
+
+
+async def test_a_request_fanned_out_near_its_deadline_is_warned_about_and_others_are_not(
+    client: httpx.AsyncClient, pool: Pool, db: asyncpg.Connection
+) -> None:
+    """The scan says which requests need their deadline looked at: one being fanned out
+    far from its due date is only fanned out (no deadline transaction), one being fanned
+    out past its due date is fanned out and reported overdue in the same pass."""
+    now = datetime.now(UTC)
+    fresh = await file(client, kind="erasure", requester="tenant", subject_id="on-time")
+    late = await file(client, kind="erasure", requester="tenant", subject_id="past-due")
+    await backdate(db, late["id"], now - timedelta(days=45))
+
+    async with pool.acquire() as conn, conn.transaction():
+        scan = {
+            str(row["request_id"]): (row["fan_out"], row["deadline"])
+            for row in await repository.open_requests(conn, due_by=now + timedelta(days=7))
+        }
+    assert scan == {fresh["id"]: (True, False), late["id"]: (True, True)}
+
+    assert await rights_pass(pool, now=now) == 2
+    warnings = messages(
+        await outbox_events(db, catalogue.REQUEST_DEADLINE), rights_pb2.RequestDeadline
+    )
+    assert [(m.request_id, m.status) for m in warnings] == [
+        (late["id"], rights_pb2.DEADLINE_STATUS_OVERDUE)
+    ]

@@ -231,9 +231,14 @@ async def rights_pass(
                     fanned = await fan_out(
                         pool, tenant_id=tenant_id, request_id=request_id, batch_size=batch_size
                     )
-                await check_deadline(
-                    pool, tenant_id=tenant_id, request_id=request_id, now=now, soon_days=soon_days
-                )
+                if item["deadline"]:  # no transaction for a request far from its due date
+                    await check_deadline(
+                        pool,
+                        tenant_id=tenant_id,
+                        request_id=request_id,
+                        now=now,
+                        soon_days=soon_days,
+                    )
             except TRANSIENT_ERRORS as exc:
                 log.warning(
                     "rights request work failed; retried next round",

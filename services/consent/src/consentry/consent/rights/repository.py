@@ -1,5 +1,5 @@
 """SQL for rights requests. Functions receive an open connection scoped to the tenant (RLS),
-except `open_requests`, which asks the SECURITY DEFINER function of migration 0009."""
+except `open_requests`, which asks the SECURITY DEFINER function of migrations 0009 and 0011."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ LIMIT $5
 """
 
 # --- The `rights` worker: fan-out and deadline scan.
-_OPEN = "SELECT tenant_id, request_id, fan_out FROM consentry_rights_open_requests($1)"
+_OPEN = "SELECT tenant_id, request_id, fan_out, deadline FROM consentry_rights_open_requests($1)"
 _NEXT_SUBJECTS = """
 SELECT n, subject_ref FROM rights_request_subjects
 WHERE tenant_id = $1 AND request_id = $2 AND n > $3
@@ -306,7 +306,8 @@ async def list_requests(
 
 
 async def open_requests(conn: Connection, *, due_by: datetime) -> list[asyncpg.Record]:
-    """Every tenant's open requests with work: (tenant_id, request_id, fan_out)."""
+    """Every tenant's open requests with work: (tenant_id, request_id, fan_out, deadline);
+    `deadline`: due by `due_by` and not yet reported overdue for that due instant."""
     return list(await conn.fetch(_OPEN, due_by))
 
 
