@@ -160,7 +160,11 @@ class NotifierSettings(SenderSettings, KafkaSettings):
         default=500, ge=1, le=10_000, description="most events applied in one transaction"
     )
     notifier_batch_within: float = Field(
-        default=0.02, gt=0, le=5, description="s to wait for a batch to fill"
+        default=0.2,
+        gt=0,
+        le=5,
+        description="s to wait for a batch to fill: longer means fuller batches (one "
+        "transaction each) under load, at most this much later when quiet",
     )
     notifier_commit_interval: float = Field(
         default=1.0, gt=0, le=60, description="how often acknowledged offsets are committed"
