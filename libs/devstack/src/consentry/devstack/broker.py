@@ -82,8 +82,9 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
 # - Fetches: Tansu answers every fetch at the latest after its wait and spends CPU on each,
 #   so ~20 idle consumers at a 20 ms wait kept the broker 27 % of a core busy doing nothing,
 #   and under load a minimum of 1 byte made every fetch carry a few records (one transaction
-#   each downstream). 200 ms and 64 KiB: idle cost down to ~4 %, batches of up to 200 ms
-#   under load, at most 200 ms added per hop when quiet (bench/rights_erasure, 2026-11-30).
+#   each downstream). 200 ms and 64 KiB: the broker's idle cost down to ~5 %, batches of up
+#   to 200 ms under load, at most 200 ms added per hop when quiet (bench/rights_erasure,
+#   2026-11-30).
 TANSU_CLIENT_ENV = {
     "CONSENTRY_KAFKA_SESSION_TIMEOUT_MS": "3000",
     "CONSENTRY_KAFKA_FETCH_MAX_WAIT_MS": "200",

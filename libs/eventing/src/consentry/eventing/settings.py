@@ -55,9 +55,10 @@ class KafkaSettings(ConsentrySettings):
     kafka_request_timeout_ms: int = Field(default=30_000, ge=1_000)
     # A fetch is answered once it has `kafka_fetch_min_bytes`, or after at most
     # `kafka_fetch_max_wait_ms`. The defaults are Apache Kafka's own: it answers as soon as
-    # data arrives, so the wait costs no latency there. The development broker holds a fetch
-    # for the whole wait unless it has the minimum already, so the dev stack and the tests
-    # set their own pair for it (consentry.devstack.broker.TANSU_CLIENT_ENV, ADR 0002).
+    # data arrives, so the wait costs no latency there. The development broker notices the
+    # minimum only now and then during the wait (a larger minimum: it holds the whole wait)
+    # and spends CPU on every fetch, so the dev stack and the tests set their own pair for it
+    # (consentry.devstack.broker.TANSU_CLIENT_ENV, ADR 0002).
     kafka_fetch_max_wait_ms: int = Field(default=500, ge=1, le=10_000)
     kafka_fetch_min_bytes: int = Field(default=1, ge=1, le=64 * 1024 * 1024)
     # Consumer group session: a dead member's partitions move after this long. Apache Kafka
