@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consentry.eventing import kafka, topics
+from consentry.eventing import catalogue, kafka, topics
 from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection
 from consentry.eventing.envelope import Event, ReceivedEvent, encode
@@ -54,8 +54,12 @@ class Effects:
         )
 
 
-async def send(bootstrap: str, records: Sequence[Event | tuple[bytes, bytes]]) -> None:
-    """Produce events (or raw key/value pairs) in order onto one partition of the topic."""
+RawRecord = tuple[bytes, bytes] | tuple[bytes, bytes, list[tuple[str, bytes]]]
+
+
+async def send(bootstrap: str, records: Sequence[Event | RawRecord]) -> None:
+    """Produce events (or raw key/value pairs, with headers if given) in order onto one
+    partition of the topic."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
@@ -70,13 +74,23 @@ async def send(bootstrap: str, records: Sequence[Event | tuple[bytes, bytes]]) -
                     headers=list(record.headers),
                 )
             else:
-                await producer.send_and_wait(topics.CONSENT, item[1], item[0], partition=PARTITION)
+                headers = item[2] if len(item) == 3 else None
+                await producer.send_and_wait(
+                    topics.CONSENT, item[1], item[0], partition=PARTITION, headers=headers
+                )
     finally:
         await producer.stop()
 
 
 async def consume(
-    bootstrap: str, pool: asyncpg.Pool, group: str, effects: Effects, subject: str, until: int
+    bootstrap: str,
+    pool: asyncpg.Pool,
+    group: str,
+    effects: Effects,
+    subject: str,
+    until: int,
+    *,
+    accepts: Sequence[catalogue.EventType] | None = None,
 ) -> EventConsumer:
     """Run a batch-handling consumer until `until` effects of `subject` exist."""
     kafka_consumer = kafka.consumer(  # as the services make them
@@ -93,6 +107,7 @@ async def consume(
         effects.one,
         batch_handler=effects.many,
         max_records=1000,
+        accepts=accepts,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
@@ -198,3 +213,51 @@ async def test_a_record_the_database_refuses_fails_alone_via_the_per_record_path
         [event.id for event in events],
     )
     assert {row["event_id"] for row in claimed} == {events[n].id for n in (0, 1, 3, 4)}
+
+
+async def test_events_of_types_it_does_not_accept_are_passed_over_unread(
+    pool: asyncpg.Pool, event_topics: str
+) -> None:
+    await pool.execute("CREATE TABLE effects (event_id text, subject text, version bigint)")
+    tenant, subject = str(uuid.uuid4()), uuid.uuid4().hex
+    key = f"{tenant}/{subject}".encode()
+    given = [consent_event(tenant, subject, version) for version in (1, 3, 5)]
+    withdrawn = [consent_event(tenant, subject, version, given=False) for version in (2, 4)]
+    # A record that names a known type it does not accept, but is no event at all: not its
+    # business, so not its dead letter either. One whose type its headers do not tell: poison.
+    not_ours = (key, b"\x00 garbage", [("ce_type", catalogue.CONSENT_WITHDRAWN.name.encode())])
+    unknown = (key, b"\x00 not an event")
+    await send(
+        event_topics,
+        [given[0], withdrawn[0], not_ours, given[1], unknown, withdrawn[1], given[2]],
+    )
+
+    effects = Effects()
+    consumer = await consume(
+        event_topics,
+        pool,
+        f"g-{uuid.uuid4().hex[:8]}",
+        effects,
+        subject,
+        until=len(given),
+        accepts=[catalogue.CONSENT_GIVEN],
+    )
+
+    rows = await pool.fetch(
+        "SELECT event_id FROM effects WHERE subject = $1 ORDER BY version", subject
+    )
+    assert [row["event_id"] for row in rows] == [event.id for event in given]
+    assert consumer.skipped >= 3  # both withdrawals and the record that only names one
+    claimed = await pool.fetch(
+        "SELECT event_id FROM eventing_inbox WHERE event_id = ANY($1::text[])",
+        [event.id for event in (*given, *withdrawn)],
+    )
+    assert {row["event_id"] for row in claimed} == {event.id for event in given}
+    dead = await collect(
+        event_topics,
+        consumer.dead_letter_topic,
+        lambda kept: any(header(r, "dlq.reason") == "missing-headers" for r in kept),
+        keep=lambda r: r.key == key,
+    )
+    # Dead letters keep partition order: the record passed over would have come first.
+    assert [header(r, "dlq.reason") for r in dead] == ["missing-headers"]

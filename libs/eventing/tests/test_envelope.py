@@ -213,3 +213,24 @@ def test_payload_times_round_trip_fall_back_when_unset_and_refuse_out_of_range()
     with pytest.raises(PoisonMessage) as raised:
         field_time(far, "occurred_at", fallback)
     assert raised.value.reason == "schema-violation"
+
+
+def test_named_type_reads_the_type_from_the_headers_alone() -> None:
+    record = encode(make_event())
+    headers: list[tuple[str, bytes | None]] = list(record.headers)
+    assert envelope.named_type(headers) is catalogue.CONSENT_GIVEN
+    given, withdrawn = catalogue.CONSENT_GIVEN.name, catalogue.CONSENT_WITHDRAWN.name
+    assert envelope.not_for({withdrawn}, headers)
+    assert not envelope.not_for({given}, headers)
+    # When the headers cannot tell, the record must be decoded (and may be poison).
+    others = [item for item in headers if item[0] != "ce_type"]
+    untellable: list[list[tuple[str, bytes | None]]] = [
+        others,
+        [*headers, ("ce_type", given.encode())],
+        [*others, ("ce_type", None)],
+        [*others, ("ce_type", b"\xff\xfe")],
+        [*others, ("ce_type", b"consentry.consent.unheard_of.v1")],
+    ]
+    for case in untellable:
+        assert envelope.named_type(case) is None
+        assert not envelope.not_for({withdrawn}, case)

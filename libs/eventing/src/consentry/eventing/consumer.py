@@ -18,6 +18,14 @@ handler raises `PoisonMessage`, the savepoint is rolled back and the batch goes 
 per-record path above, which applies the good records and dead-letters the one at fault.
 Exactly-once, ordering and dead-lettering are therefore the same on both paths.
 
+A consumer that acts on only some of the event types of its topics says which (`accepts`):
+a record whose `ce_type` header names another known type is passed over before it is
+decoded, with no transaction and no inbox row (on `consentry.rights.v1` a bulk erasure
+interleaves every request with three answers, which the services answering requests would
+otherwise decode and claim for nothing). It is not this consumer's to dead-letter either:
+the consumers that act on that type do. A record whose type cannot be told from its headers
+is decoded, and dead-lettered if it is unusable, as before.
+
 Traces (`consentry.eventing.tracing`): on the per-record path each record's claim and effect
 run in a consumer span whose parent is the event's `traceparent` (a non-recording span that
 is that parent when no OpenTelemetry SDK is configured), so every event the handler builds
@@ -41,7 +49,7 @@ the partition's high watermark minus the next offset to read.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TypeVar
 
 import asyncpg
@@ -49,8 +57,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from consentry.eventing import inbox, metrics, tracing
+from consentry.eventing.catalogue import EventType
 from consentry.eventing.db import Connection, Pool
-from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, decode, utcnow
+from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, decode, not_for, utcnow
 from consentry.eventing.logs import get_logger
 from consentry.eventing.topics import dead_letter_topic
 
@@ -255,7 +264,10 @@ class EventConsumer:
 
     `batch_handler` (optional) applies a whole batch at once, `handler` remaining the
     per-record path it falls back to; `max_records` caps the records fetched per poll (the
-    Kafka consumer's `max_poll_records` when None).
+    Kafka consumer's `max_poll_records` when None). `accepts` (optional) names the event
+    types the handlers act on: a record whose `ce_type` header names another known type is
+    passed over before it is decoded, with no inbox claim (`envelope.not_for`); its offset
+    is committed with the batch's.
     """
 
     def __init__(
@@ -269,8 +281,10 @@ class EventConsumer:
         on_batch_end: BatchHook | None = None,
         batch_handler: BatchHandler | None = None,
         max_records: int | None = None,
+        accepts: Collection[EventType] | None = None,
     ) -> None:
         self.name = name
+        self._accepts = None if accepts is None else frozenset(t.name for t in accepts)
         self._on_batch_end = on_batch_end
         self._batch_handler = batch_handler
         self._max_records = max_records
@@ -281,6 +295,7 @@ class EventConsumer:
         self._handler = handler
         self.applied = 0
         self.duplicates = 0
+        self.skipped = 0
         self.dead_lettered = 0
         self.batch_fallbacks = 0
         self.log_loss = LogLossGuard(name)
@@ -321,12 +336,16 @@ class EventConsumer:
         poison: list[tuple[ConsumerRecord[bytes, bytes], PoisonMessage]] = []
         decoded: list[tuple[ConsumerRecord[bytes, bytes], ReceivedEvent]] = []
         for record in records:
+            headers = list(record.headers or ())
+            if self._accepts is not None and not_for(self._accepts, headers):
+                self.skipped += 1
+                continue
             try:
-                decoded.append(
-                    (record, decode(record.key, record.value, list(record.headers or ())))
-                )
+                decoded.append((record, decode(record.key, record.value, headers)))
             except PoisonMessage as error:
                 poison.append((record, error))
+        if not decoded and not poison:
+            return  # nothing here for this consumer: no transaction
         applied: list[ReceivedEvent] = []
         async with self._pool.acquire() as conn, conn.transaction():
             if self._batch_handler is None or not await self._apply_batch(

@@ -19,7 +19,7 @@ is then untraced), never poison.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -290,6 +290,33 @@ def decode(
         traceparent=trace.traceparent if trace else None,
         tracestate=trace.tracestate if trace else None,
     )
+
+
+def named_type(headers: Sequence[tuple[str, bytes | None]]) -> EventType | None:
+    """The catalogue type a record's `ce_type` header names, read without decoding the
+    record; None when the header is absent, repeated, not UTF-8 or names no known type
+    (then only `decode` can say what is wrong with the record)."""
+    found: bytes | None = None
+    for name, value in headers:
+        if name == "ce_type":
+            if found is not None or value is None:
+                return None
+            found = value
+    if found is None:
+        return None
+    try:
+        return lookup(found.decode())
+    except UnicodeDecodeError:
+        return None
+
+
+def not_for(accepts: Collection[str], headers: Sequence[tuple[str, bytes | None]]) -> bool:
+    """Whether a consumer of the event types named `accepts` may pass over a record unread:
+    its headers name another known type. A consumer neither decodes nor claims nor
+    dead-letters an event that is not its business; a record whose type cannot be told
+    from its headers is decoded (and is poison if it is unusable)."""
+    event_type = named_type(headers)
+    return event_type is not None and event_type.name not in accepts
 
 
 def header_text(headers: Mapping[str, bytes], name: str) -> str:

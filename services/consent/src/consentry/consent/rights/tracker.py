@@ -40,7 +40,7 @@ from consentry.consent.rights import repository, service
 from consentry.consent.rights.certificate import signing_key_in
 from consentry.consent.sealing import Sealer
 from consentry.consent.settings import RightsTrackerSettings
-from consentry.eventing import kafka, topics
+from consentry.eventing import catalogue, kafka, topics
 from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection, create_pool
 from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, field_time
@@ -49,6 +49,15 @@ from consentry.rights.v1 import rights_pb2
 from consentry.subprocessors.v1 import subprocessors_pb2
 
 log = get_logger(__name__)
+# The events the tracker records; the requests themselves and everything else on its topics
+# are passed over unread.
+ANSWERS = (
+    catalogue.ERASURE_COMPLETED,
+    catalogue.ACCESS_PART_READY,
+    catalogue.RECIPIENTS_SELECTED,
+    catalogue.DELIVERY_ACKNOWLEDGED,
+    catalogue.DELIVERY_DEAD_LETTERED,
+)
 ACKNOWLEDGED = "acknowledged"
 DEAD_LETTERED = "dead-lettered"
 
@@ -508,7 +517,13 @@ async def run_rights_tracker(settings: RightsTrackerSettings, stop: asyncio.Even
     try:
         tracker = RightsTracker(settings.sealer())
         await EventConsumer(
-            group, consumer, producer, pool, tracker.handle, batch_handler=tracker.apply
+            group,
+            consumer,
+            producer,
+            pool,
+            tracker.handle,
+            batch_handler=tracker.apply,
+            accepts=ANSWERS,
         ).run(stop)
     finally:
         await consumer.stop()

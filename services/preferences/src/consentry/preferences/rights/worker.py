@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from consentry.eventing import kafka, outbox, rights, topics, tracing
+from consentry.eventing import catalogue, kafka, outbox, rights, topics, tracing
 from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection, create_pool, set_tenant
 from consentry.eventing.envelope import Event, ReceivedEvent, utcnow
@@ -138,8 +138,10 @@ async def access_part(
     }
 
 
-# The rights events this service acts on; the rest are not its business.
-_ACTED_ON = (rights_pb2.ErasureRequested, rights_pb2.AccessRequested)
+# The rights events this service acts on; the rest (the services' answers) are not its
+# business, and the consumer passes over them unread.
+ACTED_ON = (catalogue.ERASURE_REQUESTED, catalogue.ACCESS_REQUESTED)
+_ACTED_ON = tuple(event_type.message for event_type in ACTED_ON)
 
 
 class RightsHandler:
@@ -226,6 +228,7 @@ async def run_rights(settings: RightsSettings, stop: asyncio.Event) -> None:
             pool,
             handler,
             batch_handler=handler.batch,
+            accepts=ACTED_ON,
         ).run(stop)
     finally:
         await consumer.stop()

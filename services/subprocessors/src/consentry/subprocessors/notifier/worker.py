@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from consentry.eventing import catalogue, inbox, kafka, metrics, outbox, topics
 from consentry.eventing.consumer import TRANSIENT_ERRORS, apply_claimed, send_dead_letter
 from consentry.eventing.db import Connection, Pool, create_pool, set_tenant
-from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, decode
+from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, decode, not_for
 from consentry.eventing.faust_kafka import App
 from consentry.eventing.logs import get_logger
 from consentry.subprocessors.deliveries.models import Claimed
@@ -170,8 +170,12 @@ class NoticeProcessor:
         decoded: list[tuple[ConsumerRecord[bytes, bytes], ReceivedEvent]] = []
         skipped = 0
         for record in records:
+            headers = list(record.headers)
+            if not_for(HANDLED, headers):  # another service's business: not even decoded
+                skipped += 1
+                continue
             try:
-                event = decode(record.key, record.value, list(record.headers))
+                event = decode(record.key, record.value, headers)
             except PoisonMessage as error:
                 poison.append((record, error))
                 continue
