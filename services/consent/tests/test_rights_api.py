@@ -345,3 +345,26 @@ async def test_the_bulk_path_takes_up_to_100k_subjects_within_8_mib(
     other = await client.post(f"{BASE}/{uuid.uuid4()}/reject", json={"reason": "x" * 5000})
     assert other.status_code == 413
     assert await db.fetchval("SELECT count(*) FROM rights_requests") == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"kind": "erasure", "requester": "subject", "subject_id": "a@example.com", "note": "n"},
+        {"kind": "child-data-erasure", "requester": "tenant", "subject_id": "kid"},
+        {"kind": "access", "requester": "tenant", "subject_ids": ["b", "c"]},
+        {"kind": "correction", "requester": "tenant", "subject_ids": ["d"], "note": ""},
+    ],
+)
+async def test_the_answer_to_a_filing_is_the_request_as_read_back(
+    client: httpx.AsyncClient, body: dict[str, Any]
+) -> None:
+    # The 202 is built from the row as inserted, without reading the request back.
+    filed = await file(client, **body)
+    read = await client.get(f"{BASE}/{filed['id']}")
+    assert read.status_code == 200, read.text
+    as_read = read.json()
+    # Only the clock-dependent fields may differ between the two answers.
+    for answer in (filed, as_read):
+        answer["deadline"].pop("days_left")
+    assert filed == as_read

@@ -17,29 +17,30 @@ from consentry.eventing.db import Connection
 CHANNEL = "consentry_rights"
 _NOTIFY = "SELECT pg_notify('consentry_rights', '')"
 
-_INSERT = """
+# The columns a request is read with (`get_request`, and `insert_request` returns them).
+_COLUMNS = """
+id, kind, requester, state, subject_count, note_sealed, reason, expected_services,
+await_recipients, received_at, timezone, holiday_country, roll_forward, pauses::text AS pauses,
+extension_months, extension_reason, extension_notice_sent_at, extended_at, closed_at, due_at,
+verified_at, started_at, fanned_out, fanned_out_at, subjects_done, subjects_with_recipients,
+export_public_key, certificate
+"""
+_INSERT = f"""
 INSERT INTO rights_requests (
     tenant_id, id, kind, requester, state, subject_count, note_sealed, expected_services,
     await_recipients, received_at, timezone, holiday_country, roll_forward, pauses, due_at,
     verified_at, started_at, export_public_key, export_key_sealed)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15, $16, $17, $18,
         $19)
-"""
+RETURNING {_COLUMNS}
+"""  # noqa: S608 - constant fragments
 # One statement for any number of subjects (COPY is not allowed into a table under row-level
 # security), numbered in the order given.
 _INSERT_SUBJECTS = """
 INSERT INTO rights_request_subjects (tenant_id, request_id, n, subject_ref)
 SELECT $1, $2, t.n, t.ref FROM unnest($3::text[]) WITH ORDINALITY AS t(ref, n)
 """
-_GET = """
-SELECT id, kind, requester, state, subject_count, note_sealed, reason, expected_services,
-       await_recipients, received_at, timezone, holiday_country, roll_forward,
-       pauses::text AS pauses,
-       extension_months, extension_reason, extension_notice_sent_at, extended_at, closed_at,
-       due_at, verified_at, started_at, fanned_out, fanned_out_at, subjects_done,
-       subjects_with_recipients, export_public_key, certificate
-FROM rights_requests WHERE tenant_id = $1 AND id = $2
-"""
+_GET = f"SELECT {_COLUMNS} FROM rights_requests WHERE tenant_id = $1 AND id = $2\n"  # noqa: S608
 # NO KEY UPDATE: serialises changes of the request, yet lets foreign-key checks of its
 # bookkeeping rows (FOR KEY SHARE) through.
 _LOCK = _GET + "FOR NO KEY UPDATE"
@@ -179,9 +180,10 @@ async def insert_request(
     started_at: datetime | None,
     export_public_key: bytes | None,
     export_key_sealed: bytes | None,
-) -> None:
-    """Store a new request and its subjects (numbered in the order given)."""
-    await conn.execute(
+) -> asyncpg.Record:
+    """Store a new request and its subjects (numbered in the order given); the request as
+    `get_request` reads it."""
+    row = await conn.fetchrow(
         _INSERT,
         tenant_id,
         request_id,
@@ -204,6 +206,8 @@ async def insert_request(
         export_key_sealed,
     )
     await conn.execute(_INSERT_SUBJECTS, tenant_id, request_id, list(subject_refs))
+    assert row is not None  # INSERT ... RETURNING returns the row or raises
+    return row
 
 
 async def get_request(

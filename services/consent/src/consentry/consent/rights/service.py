@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -234,7 +235,7 @@ async def create_request(
         public_key = sealed_key = None
         if body.kind is RequestKind.ACCESS:
             public_key, sealed_key = _export_key_pair(sealer, tenant_id, request_id)
-        await repository.insert_request(
+        row = await repository.insert_request(
             conn,
             tenant_id=tenant_id,
             request_id=request_id,
@@ -254,7 +255,8 @@ async def create_request(
         )
         if state is RequestState.IN_PROGRESS:
             await repository.notify_worker(conn)
-        return await _read(conn, tenant_id, request_id, sealer, now)
+    # Nothing has answered a request this new: the answer needs no read of its bookkeeping.
+    return _out(row, [], [], refs[0] if len(refs) == 1 else None, body.note or None, now)
 
 
 # --- Changes
@@ -506,7 +508,6 @@ async def _read(
     row = await repository.get_request(conn, tenant_id=tenant_id, request_id=request_id)
     if row is None:
         raise not_found()
-    deadline = repository.deadline_of(row)
     services = await repository.services(conn, tenant_id=tenant_id, request_id=request_id)
     recipients = await repository.recipients(conn, tenant_id=tenant_id, request_id=request_id)
     subject_ref = None
@@ -517,9 +518,23 @@ async def _read(
     note = None
     if row["note_sealed"] is not None:
         note = sealer.open(row["note_sealed"], context=note_context(tenant_id, request_id)).decode()
+    return _out(row, services, recipients, subject_ref, note, now)
+
+
+def _out(
+    row: asyncpg.Record,
+    services: Sequence[asyncpg.Record],
+    recipients: Sequence[asyncpg.Record],
+    subject_ref: str | None,
+    note: str | None,
+    now: datetime,
+) -> RightsRequestOut:
+    """The request as the API shows it: its row, its per-service and per-recipient totals,
+    its one subject (of a single-subject request) and its note in clear."""
+    deadline = repository.deadline_of(row)
     extension = deadline.extension
     return RightsRequestOut(
-        id=request_id,
+        id=row["id"],
         kind=RequestKind(row["kind"]),
         requester=Requester(row["requester"]),
         state=RequestState(row["state"]),
