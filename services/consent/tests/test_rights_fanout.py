@@ -21,7 +21,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from consentry.consent.db import set_tenant
 from consentry.consent.rights import repository
 from consentry.consent.rights.deadlines import Deadline
-from consentry.consent.rights.fanout import fan_out_chunk, rights_pass, run_rights_worker
+from consentry.consent.rights.fanout import (
+    fan_out_chunk,
+    fan_out_chunks,
+    rights_pass,
+    run_rights_worker,
+)
 from consentry.consent.rights.service import export_key_context
 from consentry.consent.sealing import Sealer
 from consentry.consent.settings import RightsWorkerSettings
@@ -376,3 +381,100 @@ async def test_a_request_fanned_out_near_its_deadline_is_warned_about_and_others
     assert [(m.request_id, m.status) for m in warnings] == [
         (late["id"], rights_pb2.DEADLINE_STATUS_OVERDUE)
     ]
+
+
+async def test_a_tenants_waiting_requests_are_fanned_out_together_fewest_subjects_first(
+    client: httpx.AsyncClient, pool: Pool, db: asyncpg.Connection
+) -> None:
+    bulk = await file(
+        client, kind="erasure", requester="tenant", subject_ids=[f"b{n}" for n in range(7)]
+    )
+    singles = [
+        await file(client, kind="erasure", requester="tenant", subject_id=f"s{n}") for n in range(3)
+    ]
+    ids = [uuid.UUID(f["id"]) for f in (bulk, *singles)]
+
+    # One transaction of at most 4 subjects: the three single ones first, then the bulk's.
+    assert await fan_out_chunks(pool, tenant_id=TENANT_ID, request_ids=ids, batch_size=4) == (
+        4,
+        [ids[0]],
+    )
+    rows = await db.fetch(
+        "SELECT id, fanned_out, fanned_out_at FROM rights_requests WHERE id = ANY($1::uuid[])",
+        ids,
+    )
+    fanned = {row["id"]: row["fanned_out"] for row in rows}
+    assert fanned == {ids[0]: 1, ids[1]: 1, ids[2]: 1, ids[3]: 1}
+    # All three singles were finished in the same transaction (its one clock reading).
+    assert len({row["fanned_out_at"] for row in rows if row["id"] != ids[0]}) == 1
+
+    # The rest, 4 and then 2 of the bulk's: every subject once, in order.
+    assert await rights_pass(pool, now=datetime.now(UTC), batch_size=4) == 6
+    requested = messages(
+        await outbox_events(db, catalogue.ERASURE_REQUESTED), rights_pb2.ErasureRequested
+    )
+    of_bulk = [m.subject_ref for m in requested if m.request_id == bulk["id"]]
+    refs = await db.fetch(
+        "SELECT subject_ref FROM rights_request_subjects WHERE request_id = $1 ORDER BY n",
+        ids[0],
+    )
+    assert of_bulk == [r["subject_ref"] for r in refs]
+    assert len(requested) == 10
+
+
+async def test_a_subject_in_two_requests_fanned_out_together_is_erased_by_the_first(
+    client: httpx.AsyncClient,
+    published_policy: str,
+    pool: Pool,
+    db: asyncpg.Connection,
+    subject_key: bytes,
+) -> None:
+    await give(client, "twice", "performance")
+    filed = [
+        await file(client, kind="erasure", requester="tenant", subject_id="twice") for _ in range(2)
+    ]
+    assert await rights_pass(pool, now=datetime.now(UTC)) == 2
+
+    answers = messages(
+        await outbox_events(db, catalogue.ERASURE_COMPLETED), rights_pb2.ErasureCompleted
+    )
+    erased = {m.request_id: list(m.erased) for m in answers}
+    first, second = sorted(f["id"] for f in filed)  # one transaction takes them in id order
+    assert erased == {first: ["subject", "consents", "consent-ledger"], second: []}
+    assert await rows_of(db, "consents", pseudonymise(subject_key, "twice")) == 0
+
+
+async def test_a_request_that_fails_does_not_hold_up_the_others(
+    client: httpx.AsyncClient, pool: Pool, db: asyncpg.Connection, subject_key: bytes
+) -> None:
+    good = await file(client, kind="erasure", requester="tenant", subject_id="fine")
+    bad = await file(client, kind="erasure", requester="tenant", subject_id="refused")
+    # The database refuses to fan out anything about one subject.
+    refused = pseudonymise(subject_key, "refused")
+    await db.execute(
+        f"""
+        CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.message_key = convert_to('{TENANT_ID}/{refused}', 'UTF8') THEN
+                RAISE EXCEPTION 'refused';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse BEFORE INSERT ON eventing_outbox FOR EACH ROW
+            WHEN (NEW.event_type = '{catalogue.ERASURE_REQUESTED.name}')
+            EXECUTE FUNCTION refuse();
+        """
+    )
+    try:
+        # The tenant's shared transaction fails; each request is then tried on its own.
+        assert await rights_pass(pool, now=datetime.now(UTC)) == 1
+    finally:
+        await db.execute("DROP TRIGGER refuse ON eventing_outbox; DROP FUNCTION refuse()")
+    fanned = {
+        str(row["id"]): row["fanned_out"]
+        for row in await db.fetch("SELECT id, fanned_out FROM rights_requests")
+    }
+    assert fanned == {good["id"]: 1, bad["id"]: 0}
+    # Retried in the next round, and nothing went out twice.
+    assert await rights_pass(pool, now=datetime.now(UTC)) == 1
+    assert len(await outbox_events(db, catalogue.ERASURE_REQUESTED)) == 2

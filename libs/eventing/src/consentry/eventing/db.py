@@ -37,14 +37,29 @@ class NoResetConnection(asyncpg.Connection):
         return ""
 
 
-async def create_pool(settings: DatabaseSettings, *, stateless: bool = False) -> Pool:
-    """A connection pool for the service's own database (`stateless`: see NoResetConnection)."""
+# Every statement planned for its own parameters (and the table sizes of the moment).
+CUSTOM_PLANS = {"plan_cache_mode": "force_custom_plan"}
+
+
+async def create_pool(
+    settings: DatabaseSettings, *, stateless: bool = False, custom_plans: bool = False
+) -> Pool:
+    """A connection pool for the service's own database (`stateless`: see NoResetConnection).
+
+    `custom_plans`: PostgreSQL plans each execution of a statement afresh instead of reusing
+    the generic plan it caches for a prepared statement after a few runs. For processes whose
+    statements take arrays of any length (a generic plan assumes a few elements) on tables
+    that grow quickly: a generic plan made while a table was small keeps scanning it
+    sequentially until the next ANALYZE, foreign-key checks included (measured: 69,000 such
+    scans reading 100 million rows in 30 seconds of erasure requests on a new stack).
+    Planning costs a few microseconds per statement."""
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.database_pool_min,
         max_size=settings.database_pool_max,
         command_timeout=30,
         connection_class=NoResetConnection if stateless else asyncpg.Connection,
+        server_settings=CUSTOM_PLANS if custom_plans else None,
     )
     assert pool is not None
     return pool

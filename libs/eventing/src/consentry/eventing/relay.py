@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import Field
 
 from consentry.eventing import kafka, metrics
-from consentry.eventing.db import Connection
+from consentry.eventing.db import CUSTOM_PLANS, Connection
 from consentry.eventing.logs import get_logger
 from consentry.eventing.settings import DatabaseSettings, KafkaSettings
 
@@ -145,7 +145,9 @@ class OutboxRelay:
             backoff = min(backoff * 2, 5.0)
 
     async def _lead(self, stop: asyncio.Event) -> None:
-        conn = await asyncpg.connect(self._dsn)
+        # The outbox grows and shrinks: a plan cached while it was small would keep scanning
+        # it sequentially (see `create_pool`'s custom_plans).
+        conn = await asyncpg.connect(self._dsn, server_settings=CUSTOM_PLANS)
         try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK_KEY):
                 log.debug("another relay is active; standing by")

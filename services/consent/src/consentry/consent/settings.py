@@ -113,8 +113,8 @@ class RightsWorkerSettings(DatabaseSettings):
         default=4,
         ge=1,
         le=32,
-        description="requests worked on at once (each in its own transactions; the pool "
-        "must hold as many connections)",
+        description="tenants whose requests are worked on at once (each tenant's in its own "
+        "transactions, shared by its waiting requests; the pool must hold as many connections)",
     )
     rights_due_soon_days: int = Field(
         default=5, ge=0, le=30, description="days before the due day a request is 'due soon'"

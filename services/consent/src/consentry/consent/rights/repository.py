@@ -96,17 +96,32 @@ LIMIT $5
 
 # --- The `rights` worker: fan-out and deadline scan.
 _OPEN = "SELECT tenant_id, request_id, fan_out, deadline FROM consentry_rights_open_requests($1)"
-_NEXT_SUBJECTS = """
-SELECT n, subject_ref FROM rights_request_subjects
-WHERE tenant_id = $1 AND request_id = $2 AND n > $3
-ORDER BY n LIMIT $4
+# Several requests locked at once, in id order (so two workers cannot deadlock on them).
+_LOCK_MANY = f"""
+SELECT {_COLUMNS} FROM rights_requests
+WHERE tenant_id = $1 AND id = ANY($2::uuid[])
+ORDER BY id
+FOR NO KEY UPDATE
+"""  # noqa: S608 - constant fragments
+# The next subjects of several requests: per request (in the order given) up to its limit
+# after its number.
+_NEXT_SUBJECTS_OF = """
+SELECT r.id AS request_id, s.n, s.subject_ref
+FROM unnest($2::uuid[], $3::int[], $4::int[]) WITH ORDINALITY AS r(id, after, lim, o)
+CROSS JOIN LATERAL (
+    SELECT n, subject_ref FROM rights_request_subjects
+    WHERE tenant_id = $1 AND request_id = r.id AND n > r.after
+    ORDER BY n LIMIT r.lim
+) AS s
+ORDER BY r.o, s.n
 """
 _ERASE = "SELECT subject_ref, subjects, consents, ledger FROM consentry_erase_subjects($1, $2)"
-_ADVANCE = """
-UPDATE rights_requests SET fanned_out = $3,
-    fanned_out_at = CASE WHEN $3 = subject_count THEN $4 ELSE fanned_out_at END,
+_ADVANCE_MANY = """
+UPDATE rights_requests AS q SET fanned_out = t.f,
+    fanned_out_at = CASE WHEN t.f = q.subject_count THEN $4 ELSE q.fanned_out_at END,
     updated_at = now()
-WHERE tenant_id = $1 AND id = $2
+FROM unnest($2::uuid[], $3::int[]) AS t(id, f)
+WHERE q.tenant_id = $1 AND q.id = t.id
 """
 _NOTICE = """
 INSERT INTO rights_deadline_notices (tenant_id, request_id, status, due_at) VALUES ($1, $2, $3, $4)
@@ -315,11 +330,36 @@ async def open_requests(conn: Connection, *, due_by: datetime) -> list[asyncpg.R
     return list(await conn.fetch(_OPEN, due_by))
 
 
-async def next_subjects(
-    conn: Connection, *, tenant_id: UUID, request_id: UUID, after: int, limit: int
+async def lock_requests(
+    conn: Connection, *, tenant_id: UUID, request_ids: Sequence[UUID]
 ) -> list[asyncpg.Record]:
-    """The next subjects to fan out: (n, subject_ref) after number `after`."""
-    return list(await conn.fetch(_NEXT_SUBJECTS, tenant_id, request_id, after, limit))
+    """The tenant's requests among `request_ids`, locked (in id order) until the
+    transaction ends."""
+    return list(await conn.fetch(_LOCK_MANY, tenant_id, list(request_ids)))
+
+
+async def next_subjects_of(
+    conn: Connection, *, tenant_id: UUID, chunks: Sequence[tuple[UUID, int, int]]
+) -> list[asyncpg.Record]:
+    """The next subjects of several requests: (request_id, n, subject_ref), for each
+    (request, after number, limit) in `chunks`, in that order and by number."""
+    return list(
+        await conn.fetch(
+            _NEXT_SUBJECTS_OF,
+            tenant_id,
+            [request_id for request_id, _, _ in chunks],
+            [after for _, after, _ in chunks],
+            [limit for _, _, limit in chunks],
+        )
+    )
+
+
+async def advance_many(
+    conn: Connection, *, tenant_id: UUID, fanned_out: dict[UUID, int], now: datetime
+) -> None:
+    """`advance` for several requests: request -> its last subject number fanned out."""
+    ids = sorted(fanned_out)
+    await conn.execute(_ADVANCE_MANY, tenant_id, ids, [fanned_out[i] for i in ids], now)
 
 
 async def erase_subjects(
@@ -335,13 +375,6 @@ async def erase_subjects(
         }
         for row in rows
     }
-
-
-async def advance(
-    conn: Connection, *, tenant_id: UUID, request_id: UUID, fanned_out: int, now: datetime
-) -> None:
-    """Record that subjects 1..`fanned_out` have been fanned out."""
-    await conn.execute(_ADVANCE, tenant_id, request_id, fanned_out, now)
 
 
 async def record_notice(

@@ -508,7 +508,7 @@ class RightsTracker:
 
 async def run_rights_tracker(settings: RightsTrackerSettings, stop: asyncio.Event) -> None:
     """Track answers to rights requests until `stop` is set."""
-    pool = await create_pool(settings)
+    pool = await create_pool(settings, custom_plans=True)
     group = settings.rights_tracker_group_id
     producer = kafka.producer(settings, f"-{group}-dlq")
     consumer = kafka.consumer(settings, group, topics.RIGHTS, topics.SUBPROCESSOR)
