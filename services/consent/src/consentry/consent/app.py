@@ -20,6 +20,7 @@ from consentry.consent.rights.export import ExportLinks, link_key
 from consentry.consent.rights.service import ErasurePolicy
 from consentry.consent.rights.views import exports_router
 from consentry.consent.rights.views import router as rights_router
+from consentry.consent.rights.waker import WorkerWaker
 from consentry.consent.settings import ApiSettings
 from consentry.consent.tenants.service import SubjectKeys, TenantNames, ensure_tenant
 from consentry.consent.tenants.views import router as tenants_router
@@ -47,6 +48,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         app.state.erasure_policy = ErasurePolicy(
             settings.expected_services, settings.erasure_await_recipients
         )
+        # Wakes the `rights` worker after requests commit (rights/waker.py).
+        app.state.rights_waker = WorkerWaker(pool)
         app.state.export_links = ExportLinks(
             link_key(settings.consent_master_key.get_secret_value())
         )
@@ -66,6 +69,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     async def on_shutdown(app: FastAPI) -> None:
         await app.state.capture_writer.stop()
+        await app.state.rights_waker.close()
 
     return create_service_app(
         settings,

@@ -13,9 +13,18 @@ import asyncpg
 from consentry.consent.rights.deadlines import Deadline, Extension, Pause
 from consentry.eventing.db import Connection
 
-# Wakes the `rights` worker (NOTIFY is delivered at commit; the worker also polls).
+# Wakes the `rights` worker (the worker also polls). Sent after the request's transaction
+# committed, in a transaction of its own that does not wait for its commit to be flushed:
+# PostgreSQL serialises every committing transaction that notifies (one lock for the whole
+# server, held through the commit's WAL flush), and losing a wake-up in a crash costs only
+# the worker's next poll.
 CHANNEL = "consentry_rights"
-_NOTIFY = "SELECT pg_notify('consentry_rights', '')"
+_WAKE = """
+BEGIN;
+SET LOCAL synchronous_commit = off;
+SELECT pg_notify('consentry_rights', '');
+COMMIT;
+"""
 
 # The columns a request is read with (`get_request`, and `insert_request` returns them).
 _COLUMNS = """
@@ -265,9 +274,9 @@ async def save(
     )
 
 
-async def notify_worker(conn: Connection) -> None:
-    """Wake the `rights` worker when this transaction commits."""
-    await conn.execute(_NOTIFY)
+async def wake_worker(conn: Connection) -> None:
+    """Wake the `rights` worker now (`conn` must not be in a transaction)."""
+    await conn.execute(_WAKE)
 
 
 async def first_subject(conn: Connection, *, tenant_id: UUID, request_id: UUID) -> str | None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -206,9 +206,11 @@ async def create_request(
     subject_refs: list[str],
     sealer: Sealer,
     erasure: ErasurePolicy,
+    wake: Callable[[], None],
     now: datetime | None = None,
 ) -> RightsRequestOut:
-    """File a request for `subject_refs` (pseudonymous, in order; repeats count once)."""
+    """File a request for `subject_refs` (pseudonymous, in order; repeats count once); once it
+    is committed in progress, `wake` the `rights` worker (`waker.WorkerWaker.wake`)."""
     now = _now(now)
     refs = list(dict.fromkeys(subject_refs))
     request_id = uuid.uuid4()
@@ -253,8 +255,8 @@ async def create_request(
             export_public_key=public_key,
             export_key_sealed=sealed_key,
         )
-        if state is RequestState.IN_PROGRESS:
-            await repository.notify_worker(conn)
+    if state is RequestState.IN_PROGRESS:
+        wake()
     # Nothing has answered a request this new: the answer needs no read of its bookkeeping.
     return _out(row, [], [], refs[0] if len(refs) == 1 else None, body.note or None, now)
 
@@ -278,10 +280,12 @@ async def verify_identity(
     request_id: UUID,
     body: IdentityIn,
     sealer: Sealer,
+    wake: Callable[[], None],
     now: datetime | None = None,
 ) -> RightsRequestOut:
     """Record the identity verification of a subject's request: the clock resumes; the
-    request goes in progress, or is rejected with the reason."""
+    request goes in progress (and, committed, `wake` the `rights` worker), or is rejected
+    with the reason."""
     now = _now(now)
     async with tenant_transaction(pool, tenant_id) as conn:
         row = await _locked(conn, tenant_id, request_id)
@@ -302,13 +306,15 @@ async def verify_identity(
                     verified_at=now,
                     started_at=now,
                 )
-                await repository.notify_worker(conn)
             else:
                 assert body.reason is not None  # the model requires it
                 await _reject(conn, tenant_id, row, deadline.close(now), body.reason, now)
         except DeadlineError as exc:
             raise deadline_problem(exc, deadline) from None
-        return await _read(conn, tenant_id, request_id, sealer, now)
+        read = await _read(conn, tenant_id, request_id, sealer, now)
+    if body.verified:
+        wake()  # committed: the worker can fan it out
+    return read
 
 
 async def extend(

@@ -70,6 +70,7 @@ async def file_request(
         subject_refs=refs,
         sealer=_sealer(request),
         erasure=erasure,
+        wake=request.app.state.rights_waker.wake,
     )
 
 
@@ -117,6 +118,7 @@ async def verify_identity(
         request_id=request_id,
         body=body,
         sealer=_sealer(request),
+        wake=request.app.state.rights_waker.wake,
     )
 
 
