@@ -478,3 +478,14 @@ async def test_a_request_that_fails_does_not_hold_up_the_others(
     # Retried in the next round, and nothing went out twice.
     assert await rights_pass(pool, now=datetime.now(UTC)) == 1
     assert len(await outbox_events(db, catalogue.ERASURE_REQUESTED)) == 2
+
+
+async def test_the_erasure_of_a_chunk_keeps_the_default_plan_caching(
+    db: asyncpg.Connection,
+) -> None:
+    # The worker's sessions plan every statement for its parameters; planned for a chunk's
+    # 1,000 references the function's deletions scanned whole tables (migration 0012).
+    config = await db.fetchval(
+        "SELECT proconfig FROM pg_proc WHERE proname = 'consentry_erase_subjects'"
+    )
+    assert "plan_cache_mode=auto" in config

@@ -353,7 +353,7 @@ async def rights_pass(
 
 async def run_rights_worker(settings: RightsWorkerSettings, stop: asyncio.Event) -> None:
     """Run `rights_pass` on every NOTIFY and every interval until `stop` is set."""
-    pool = await create_pool(settings)
+    pool = await create_pool(settings, custom_plans=True)
     wake = asyncio.Event()
     listener: asyncpg.Connection | None = None
     try:
