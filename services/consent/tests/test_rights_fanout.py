@@ -22,7 +22,6 @@ from consentry.consent.db import set_tenant
 from consentry.consent.rights import repository
 from consentry.consent.rights.deadlines import Deadline
 from consentry.consent.rights.fanout import (
-    fan_out_chunk,
     fan_out_chunks,
     rights_pass,
     run_rights_worker,
@@ -230,7 +229,9 @@ async def test_the_fan_out_resumes_after_the_last_committed_chunk(
     filed = await file(client, kind="erasure", requester="tenant", subject_ids=ids)
     request_id = uuid.UUID(filed["id"])
     # One chunk commits, then the worker "dies".
-    assert await fan_out_chunk(pool, tenant_id=TENANT_ID, request_id=request_id, batch_size=3) == 3
+    assert await fan_out_chunks(
+        pool, tenant_id=TENANT_ID, request_ids=[request_id], batch_size=3
+    ) == (3, [request_id])
     assert len(await outbox_events(db, catalogue.ERASURE_REQUESTED)) == 3
     # A chunk that fails rolls back whole: nothing of it is queued or counted.
     with contextlib.suppress(asyncpg.PostgresError):

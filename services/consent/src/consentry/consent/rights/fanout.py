@@ -199,14 +199,6 @@ async def _events(
     return queued
 
 
-async def fan_out_chunk(pool: Pool, *, tenant_id: UUID, request_id: UUID, batch_size: int) -> int:
-    """Fan out the request's next chunk of subjects; return how many (0: nothing left)."""
-    count, _ = await fan_out_chunks(
-        pool, tenant_id=tenant_id, request_ids=[request_id], batch_size=batch_size
-    )
-    return count
-
-
 async def fan_out(
     pool: Pool, *, tenant_id: UUID, request_ids: Sequence[UUID], batch_size: int
 ) -> int:

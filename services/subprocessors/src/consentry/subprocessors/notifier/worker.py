@@ -174,15 +174,13 @@ class NoticeProcessor:
             if not_for(HANDLED, headers):  # another service's business: not even decoded
                 skipped += 1
                 continue
-            try:
-                event = decode(record.key, record.value, headers)
+            try:  # (a record that decodes named its type in its headers: one of HANDLED)
+                decoded.append((record, decode(record.key, record.value, headers)))
             except PoisonMessage as error:
                 poison.append((record, error))
-                continue
-            if event.type.name in HANDLED:
-                decoded.append((record, event))
-            else:
-                skipped += 1
+        self.skipped += skipped
+        if not decoded and not poison:
+            return []  # nothing here for the notifier: no transaction
         made: list[Claimed] = []
         applied: list[ReceivedEvent] = []
         undecodable = len(poison)
@@ -213,7 +211,6 @@ class NoticeProcessor:
         # Committed: the notices (and this service's answers) exist from now on.
         metrics.observe_propagation(CONSUMER, ((e.type.name, e.time) for e in applied))
         self.applied += len(applied)
-        self.skipped += skipped
         self.duplicates += len(decoded) - len(applied) - (len(poison) - undecodable)
         self.deliveries += len(made)
         return made
