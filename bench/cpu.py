@@ -83,6 +83,14 @@ def snapshot() -> Snapshot:
     return Snapshot(taken, psutil.cpu_times())
 
 
+def relabel(taken: Snapshot, labels: dict[int, str]) -> Snapshot:
+    """`taken` with the processes in `labels` (pid → label) labelled anew."""
+    procs = {
+        pid: (labels.get(pid, label), seconds) for pid, (label, seconds) in taken.procs.items()
+    }
+    return Snapshot(procs, taken.machine)
+
+
 def usage(before: Snapshot, after: Snapshot, seconds: float) -> dict[str, float]:
     """Per role, CPU between two snapshots in % of one core; `total` = ours, without others."""
     spent: defaultdict[str, float] = defaultdict(float)

@@ -21,10 +21,11 @@ from typing import Any
 import asyncpg
 
 _SAMPLE = """
-SELECT datname, state, wait_event_type, wait_event,
+SELECT datname, state, wait_event_type, wait_event, backend_type,
+       coalesce(nullif(application_name, ''), '-') AS application_name,
        left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS query
 FROM pg_stat_activity
-WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+WHERE backend_type IN ('client backend', 'autovacuum worker') AND pid <> pg_backend_pid()
   AND state IS DISTINCT FROM 'idle'
 """
 
@@ -38,6 +39,7 @@ class WaitSampler:
         self.samples = 0
         self.kinds: Counter[tuple[str, str]] = Counter()  # (database, what)
         self.statements: Counter[tuple[str, str, str]] = Counter()  # (database, what, query)
+        self.processes: Counter[tuple[str, str]] = Counter()  # (application_name, what)
 
     async def _run(self, stop: asyncio.Event) -> None:
         conn = await asyncpg.connect(self._dsn)
@@ -48,6 +50,7 @@ class WaitSampler:
                     what = _what(row)
                     self.kinds[(database, what)] += 1
                     self.statements[(database, what, row["query"] or "")] += 1
+                    self.processes[(row["application_name"], what)] += 1
                 self.samples += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._every)
@@ -78,15 +81,44 @@ class WaitSampler:
                 {"database": db, "what": what, "query": query, "average": round(count / n, 2)}
                 for (db, what, query), count in self.statements.most_common(top)
             ],
+            "processes": [
+                {"process": name, "what": what, "average": round(count / n, 2)}
+                for (name, what), count in self.processes.most_common(top)
+            ],
         }
 
 
 def _what(row: asyncpg.Record) -> str:
+    if row["backend_type"] == "autovacuum worker":
+        return "autovacuum"
     if row["wait_event_type"] and row["wait_event_type"] != "Client":
         return f"{row['wait_event_type']}:{row['wait_event']}"
     if row["state"] == "active":
         return "running"
     return str(row["state"])
+
+
+_BACKENDS = """
+SELECT pid, backend_type, coalesce(application_name, '') AS application_name
+FROM pg_stat_activity
+"""
+
+
+async def backend_labels(server_dsn: str) -> dict[int, str]:
+    """A CPU label per PostgreSQL process (`cpu.relabel`): a session by the process it serves
+    (its `application_name`, e.g. `postgres: consentry consent api`), the server's own
+    processes by their type (`postgres: autovacuum worker`, `postgres: walwriter`)."""
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        rows = await conn.fetch(_BACKENDS)
+    finally:
+        await conn.close()
+    labels = {}
+    for row in rows:
+        client = row["backend_type"] == "client backend"
+        name = (row["application_name"] or "unnamed sessions") if client else row["backend_type"]
+        labels[int(row["pid"])] = f"postgres: {name}"
+    return labels
 
 
 _TABLES = """

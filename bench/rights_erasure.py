@@ -70,6 +70,7 @@ from bench.audit import BenchError
 from bench.consent_api import POLICY
 from bench.pg_waits import (
     WaitSampler,
+    backend_labels,
     database_deltas,
     database_stats,
     table_deltas,
@@ -402,11 +403,18 @@ async def settle(stack: DevStack, within: float = SETTLE_TIMEOUT_S) -> float:
         await asyncio.sleep(2.0)
 
 
-async def idle_cpu(seconds: float = 5.0) -> dict[str, float]:
+async def cpu_now(stack: DevStack) -> cpu.Snapshot:
+    """`cpu.snapshot()` with PostgreSQL's processes labelled by the process each session
+    serves, or by their type (autovacuum, WAL writer, ...)."""
+    labels = await backend_labels(stack.server_dsn)
+    return cpu.relabel(await asyncio.to_thread(cpu.snapshot), labels)
+
+
+async def idle_cpu(stack: DevStack, seconds: float = 5.0) -> dict[str, float]:
     """CPU of the idle stack per process group (% of one core): consumers polling the broker."""
-    before = await asyncio.to_thread(cpu.snapshot)
+    before = await cpu_now(stack)
     await asyncio.sleep(seconds)
-    return cpu.usage(before, await asyncio.to_thread(cpu.snapshot), seconds)
+    return cpu.usage(before, await cpu_now(stack), seconds)
 
 
 # --- recipients ----------------------------------------------------------------------------
@@ -541,13 +549,13 @@ async def erasure_rate(
     databases = await database_stats(stack.server_dsn)
     sampler = WaitSampler(stack.server_dsn)
     async with sampler.sampling():
-        before, t0 = await asyncio.to_thread(cpu.snapshot), time.perf_counter()
+        before, t0 = await cpu_now(stack), time.perf_counter()
         sent = await paced(consent, tenant.key, measured, opts.rate, opts.connections)
         accepted = {s.request_id: s for s in sent if s.request_id}
         expected = len(accepted) * receivers.recipients
         if not await _until(lambda: receivers.arrived(accepted) >= expected, opts.timeout):
             progress(f"(a) not every webhook arrived within {opts.timeout:g} s after the load")
-        t1, after = time.perf_counter(), await asyncio.to_thread(cpu.snapshot)
+        t1, after = time.perf_counter(), await cpu_now(stack)
     ids = list(accepted)
     closed: list[Any] = []
     deadline = time.monotonic() + opts.timeout
@@ -685,7 +693,7 @@ async def bulk_erasure(
     databases = await database_stats(stack.server_dsn)
     sampler = WaitSampler(stack.server_dsn)
     async with _client(stack, "consent", tenant.key) as client, sampler.sampling():
-        before, t0 = await asyncio.to_thread(cpu.snapshot), time.perf_counter()
+        before, t0 = await cpu_now(stack), time.perf_counter()
         sent_at = time.time()
         answer = await client.post(
             _PATH, json={"kind": "erasure", "requester": "tenant", "subject_ids": subjects}
@@ -702,7 +710,7 @@ async def bulk_erasure(
             series.append(_progress_row(round(time.time() - answered, 1), document))
             if len(series) % 15 == 0:
                 progress(f"(b) {series[-1]}")
-    t1, after = time.perf_counter(), await asyncio.to_thread(cpu.snapshot)
+    t1, after = time.perf_counter(), await cpu_now(stack)
     milestones = await _milestones(stack, tenant, request_id, sent_at, receivers)
     audit = await _audit_caught_up(stack, sent_at)
     await asyncio.sleep(STATS_FLUSH_S)
@@ -889,7 +897,7 @@ async def measure(opts: Options) -> dict[str, Any]:
 async def _scenarios(stack: DevStack, opts: Options, run_id: str) -> dict[str, Any]:
     tenant = await provision(stack, run_id)
     await settle(stack)
-    idle = await idle_cpu()
+    idle = await idle_cpu(stack)
     policy = await publish_policy(stack, tenant)
     count = 0 if opts.skip_rate else opts.warmup + round(opts.rate * opts.duration)
     rated = [f"bench-{run_id}-a-{n}" for n in range(count)]

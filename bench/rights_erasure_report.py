@@ -24,7 +24,10 @@ def _verdict(ok: bool | None) -> str:
 
 def _cpu(usage: dict[str, float]) -> str:
     parts = [f"{role} {value:.0f}" for role, value in usage.items() if role != "total"]
-    return ", ".join(parts) + f"; ours in total {usage['total']:.0f}"
+    postgres = sum(v for role, v in usage.items() if role.split(":")[0] == "postgres")
+    return (
+        ", ".join(parts) + f"; PostgreSQL in all {postgres:.0f}; ours in total {usage['total']:.0f}"
+    )
 
 
 def _sessions(summary: dict[str, Any], top: int = 8) -> str:
@@ -32,9 +35,17 @@ def _sessions(summary: dict[str, Any], top: int = 8) -> str:
         f"{row['database'].removeprefix('consentry_')} {row['what']} {row['average']:.2f}"
         for row in summary["sessions"][:top]
     ]
+    processes = [
+        f"{row['process']} {row['what']} {row['average']:.2f}"
+        for row in summary.get("processes", [])[:top]
+    ]
     return (
         f"PostgreSQL sessions not idle, on average ({summary['samples']} samples of "
-        "`pg_stat_activity`): " + (", ".join(kinds) or "none") + "."
+        "`pg_stat_activity`): "
+        + (", ".join(kinds) or "none")
+        + ". By the process they serve: "
+        + (", ".join(processes) or "none")
+        + "."
     )
 
 

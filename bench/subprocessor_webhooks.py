@@ -192,13 +192,6 @@ async def load(
     return sent
 
 
-def _relabel(snapshot: cpu.Snapshot, labels: dict[int, str]) -> cpu.Snapshot:
-    procs = {
-        pid: (labels.get(pid, label), seconds) for pid, (label, seconds) in snapshot.procs.items()
-    }
-    return cpu.Snapshot(procs, snapshot.machine)
-
-
 def _rate(times: list[float]) -> float | None:
     if len(times) < 2:
         return None
@@ -248,7 +241,7 @@ def figures(
         "per_webhook_ms": summary(per_webhook),
         "per_webhook_from_broker_ack_ms": summary(per_webhook_acked),
         "cpu_percent_of_one_core": cpu.usage(
-            _relabel(before, labels), _relabel(after, labels), t1 - t0
+            cpu.relabel(before, labels), cpu.relabel(after, labels), t1 - t0
         ),
         "machine_cpu_percent": cpu.machine(before, after),
     }
@@ -372,13 +365,13 @@ async def _run(
             raise BenchError("the warm-up webhooks did not all arrive within 120 s")
 
         progress(f"{opts.rate:g} erasure requests/s for {opts.duration:g} s")
-        before = _relabel(cpu.snapshot(), labels)
+        before = cpu.relabel(cpu.snapshot(), labels)
         t0 = time.perf_counter()
         sent = await load(producer, tenant, opts)
         expected = len(sent) * opts.recipients
         arrived = await _until(lambda: receivers.arrived(sent) >= expected, opts.timeout)
         t1 = time.perf_counter()
-        after = _relabel(cpu.snapshot(), labels)
+        after = cpu.relabel(cpu.snapshot(), labels)
         if not arrived:
             progress(f"not every webhook arrived within {opts.timeout:g} s after the load")
         conn = await asyncpg.connect(stack.database_dsn("subprocessors"))

@@ -52,14 +52,20 @@ async def create_pool(
     that grow quickly: a generic plan made while a table was small keeps scanning it
     sequentially until the next ANALYZE, foreign-key checks included (measured: 69,000 such
     scans reading 100 million rows in 30 seconds of erasure requests on a new stack).
-    Planning costs a few microseconds per statement."""
+    Planning costs a few microseconds per statement.
+
+    Every session carries the process's name as its `application_name`
+    (`CONSENTRY_DATABASE_APPLICATION_NAME`, by default `consentry <service> <command>`)."""
+    server_settings = {"application_name": settings.database_application_name}
+    if custom_plans:
+        server_settings.update(CUSTOM_PLANS)
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.database_pool_min,
         max_size=settings.database_pool_max,
         command_timeout=30,
         connection_class=NoResetConnection if stateless else asyncpg.Connection,
-        server_settings=CUSTOM_PLANS if custom_plans else None,
+        server_settings=server_settings,
     )
     assert pool is not None
     return pool

@@ -33,7 +33,7 @@ from pydantic import Field
 from consentry.eventing import kafka, metrics
 from consentry.eventing.db import CUSTOM_PLANS, Connection
 from consentry.eventing.logs import get_logger
-from consentry.eventing.settings import DatabaseSettings, KafkaSettings
+from consentry.eventing.settings import DatabaseSettings, KafkaSettings, process_name
 
 log = get_logger(__name__)
 
@@ -147,7 +147,9 @@ class OutboxRelay:
     async def _lead(self, stop: asyncio.Event) -> None:
         # The outbox grows and shrinks: a plan cached while it was small would keep scanning
         # it sequentially (see `create_pool`'s custom_plans).
-        conn = await asyncpg.connect(self._dsn, server_settings=CUSTOM_PLANS)
+        conn = await asyncpg.connect(
+            self._dsn, server_settings={"application_name": process_name(), **CUSTOM_PLANS}
+        )
         try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK_KEY):
                 log.debug("another relay is active; standing by")

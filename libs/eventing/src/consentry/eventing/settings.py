@@ -6,7 +6,9 @@ factory with `load_settings`, never at import time.
 
 from __future__ import annotations
 
+import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import Literal, TypeVar
 
 from pydantic import Field, ValidationError
@@ -33,12 +35,25 @@ class ConsentrySettings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
 
 
+def process_name(argv: list[str] | None = None) -> str:
+    """What this process is, for PostgreSQL's `application_name`: `consentry <service>
+    <command>` for `python -m consentry.<service> <command>`, else the program's name."""
+    argv = sys.argv if argv is None else argv
+    program = Path(argv[0]) if argv and argv[0] else Path("python")
+    if program.name == "__main__.py" and program.parent.parent.name == "consentry":
+        command = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else ""
+        return f"consentry {program.parent.name} {command}".strip()[:63]
+    return program.name[:63]
+
+
 class DatabaseSettings(ConsentrySettings):
     """A process that owns a PostgreSQL database (the service's own, never another's)."""
 
     database_url: str = Field(description="DSN of this service's own PostgreSQL database")
     database_pool_min: int = Field(default=2, ge=1)
     database_pool_max: int = Field(default=10, ge=1)
+    # Shown in pg_stat_activity and the server's log for every session of this process.
+    database_application_name: str = Field(default_factory=process_name, max_length=63)
 
 
 class KafkaSettings(ConsentrySettings):
