@@ -153,6 +153,63 @@ async def test_an_erasure_completes_when_every_service_and_recipient_answered(
     }
 
 
+async def test_requests_completed_by_one_batch_each_get_their_own_certificate(
+    client: httpx.AsyncClient, pool: Pool, db: asyncpg.Connection, sealer: Sealer
+) -> None:
+    one = (await file(client, kind="erasure", requester="tenant", subject_ids=["cal"]))["id"]
+    two = (await file(client, kind="erasure", requester="tenant", subject_ids=["dee", "eve"]))["id"]
+    open_ = (await file(client, kind="erasure", requester="tenant", subject_ids=["fay"]))["id"]
+    await rights_pass(pool, now=datetime.now(UTC))
+    (cal,), (dee, eve), (fay,) = [await refs_of(db, rid) for rid in (one, two, open_)]
+    tracker = RightsTracker(sealer)
+    await apply(pool, tracker, await outbox_events(db, catalogue.ERASURE_COMPLETED))
+
+    # One batch answers everything the first two requests wait for, and part of the third's.
+    await apply(
+        pool,
+        tracker,
+        [
+            service_completed(TENANT_ID, cal, one),
+            selected(TENANT_ID, cal, one, ["billing"]),
+            acknowledged(TENANT_ID, cal, one, "billing"),
+            *[service_completed(TENANT_ID, ref, two, erased=["preferences"]) for ref in (dee, eve)],
+            selected(TENANT_ID, dee, two, []),
+            selected(TENANT_ID, eve, two, ["partner"]),
+            dead_lettered(TENANT_ID, eve, two, "partner"),
+            service_completed(TENANT_ID, fay, open_),
+        ],
+    )
+
+    assert sorted(tracker.completed) == sorted([uuid.UUID(one), uuid.UUID(two)])
+    assert (await request_row(db, open_))["state"] == "in-progress"
+    closed = messages(await outbox_events(db, catalogue.REQUEST_CLOSED), rights_pb2.RequestClosed)
+    assert sorted(m.request_id for m in closed) == sorted([one, two])
+    jwks = await jwks_of(client, TENANT_ID)
+    for rid, refs, erased, recipient in (
+        (one, [cal], ["data-key", "preferences"], ("billing", "confirmed")),
+        (two, [dee, eve], ["preferences"], ("partner", "deadLettered")),
+    ):
+        row = await request_row(db, rid)
+        assert row["state"] == "completed"
+        assert row["closed_at"] is not None
+        assert row["subjects_done"] == len(refs)
+        (message,) = [m for m in closed if m.request_id == rid]
+        assert message.certificate == row["certificate"]
+        claims = verify_certificate(row["certificate"], jwks, str(TENANT_ID))
+        assert claims["sub"] == f"urn:consentry:rights-request:{rid}"
+        digest = hashlib.sha256("\n".join(sorted(refs)).encode()).hexdigest()
+        expected = {"count": len(refs), "sha256": digest}
+        if len(refs) == 1:
+            expected["ref"] = refs[0]
+        assert claims["subjects"] == expected
+        services = {s["service"]: s for s in claims["services"]}
+        assert services["preferences"]["erased"] == erased
+        assert services["preferences"]["subjects"] == len(refs)
+        assert [(r["recipient"], r[recipient[1]]) for r in claims["recipients"]] == [
+            (recipient[0], 1)
+        ]
+
+
 async def test_answers_count_once_in_any_order(
     client: httpx.AsyncClient, pool: Pool, db: asyncpg.Connection, sealer: Sealer
 ) -> None:

@@ -3,9 +3,12 @@ except `open_requests`, which asks the SECURITY DEFINER function of migrations 0
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -74,12 +77,36 @@ SELECT recipient_id, selected, acknowledged, dead_lettered, first_acknowledged_a
        last_acknowledged_at, last_dead_lettered_at
 FROM rights_request_recipients WHERE tenant_id = $1 AND request_id = $2 ORDER BY recipient_id
 """
-# SHA-256 over the request's subject references, sorted, one per line: lets whoever holds
-# the list check that the certificate covers exactly those subjects.
-_SUBJECTS_DIGEST = """
-SELECT encode(sha256(convert_to(string_agg(subject_ref, E'\\n' ORDER BY subject_ref), 'UTF8')),
-              'hex')
-FROM rights_request_subjects WHERE tenant_id = $1 AND request_id = $2
+# The services' and recipients' reports of several requests at once (the tracker completes
+# a batch's requests together), each row naming its request; and per request the SHA-256 over
+# its subject references, sorted, one per line (lets whoever holds the list check that the
+# certificate covers exactly those subjects), with its first subject.
+_SERVICES_OF = """
+SELECT request_id, service, subjects, erased, first_completed_at, last_completed_at
+FROM rights_request_services WHERE tenant_id = $1 AND request_id = ANY($2::uuid[])
+ORDER BY request_id, service
+"""
+_RECIPIENTS_OF = """
+SELECT request_id, recipient_id, selected, acknowledged, dead_lettered, first_acknowledged_at,
+       last_acknowledged_at, last_dead_lettered_at
+FROM rights_request_recipients WHERE tenant_id = $1 AND request_id = ANY($2::uuid[])
+ORDER BY request_id, recipient_id
+"""
+_SUBJECTS_OF = """
+SELECT request_id,
+       encode(sha256(convert_to(string_agg(subject_ref, E'\\n' ORDER BY subject_ref), 'UTF8')),
+              'hex') AS digest,
+       min(subject_ref) FILTER (WHERE n = 1) AS first_subject
+FROM rights_request_subjects WHERE tenant_id = $1 AND request_id = ANY($2::uuid[])
+GROUP BY request_id
+"""
+_CLOSE_MANY = """
+UPDATE rights_requests AS q SET
+    state = 'completed', pauses = t.pauses::jsonb, closed_at = t.closed_at, due_at = t.due_at,
+    certificate = t.certificate, updated_at = now()
+FROM unnest($2::uuid[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])
+         AS t(id, pauses, closed_at, due_at, certificate)
+WHERE q.tenant_id = $1 AND q.id = t.id
 """
 # Listing by due instant with a keyset cursor. `$3` filters on the deadline: 'overdue' (open,
 # clock running, due instant passed), 'due-soon' (open, clock running, not overdue, at most
@@ -297,10 +324,54 @@ async def recipients(
     return list(await conn.fetch(_RECIPIENTS, tenant_id, request_id))
 
 
-async def subjects_digest(conn: Connection, *, tenant_id: UUID, request_id: UUID) -> str:
-    """SHA-256 (hex) of the request's subject references, sorted, newline-separated."""
-    digest: str = await conn.fetchval(_SUBJECTS_DIGEST, tenant_id, request_id)
-    return digest
+@dataclass(frozen=True, slots=True)
+class Reports:
+    """What a request's completion certificate states, as the bookkeeping holds it."""
+
+    services: list[dict[str, Any]]  # per internal service (`_SERVICES`' columns)
+    recipients: list[dict[str, Any]]  # per recipient (`_RECIPIENTS`' columns)
+    subjects_sha256: str  # of the subject references, sorted, newline-separated
+    first_subject: str | None
+
+
+async def reports_of(
+    conn: Connection, *, tenant_id: UUID, request_ids: Sequence[UUID]
+) -> dict[UUID, Reports]:
+    """The certificate facts the bookkeeping holds for several requests, in three statements
+    whatever their number."""
+    ids = list(request_ids)
+    services: dict[UUID, list[dict[str, Any]]] = {r: [] for r in ids}
+    recipients: dict[UUID, list[dict[str, Any]]] = {r: [] for r in ids}
+    for row in await conn.fetch(_SERVICES_OF, tenant_id, ids):
+        services[row["request_id"]].append({k: v for k, v in row.items() if k != "request_id"})
+    for row in await conn.fetch(_RECIPIENTS_OF, tenant_id, ids):
+        recipients[row["request_id"]].append({k: v for k, v in row.items() if k != "request_id"})
+    subjects = {row["request_id"]: row for row in await conn.fetch(_SUBJECTS_OF, tenant_id, ids)}
+    empty = hashlib.sha256(b"").hexdigest()  # a request has subjects; this keeps the type
+    return {
+        r: Reports(
+            services[r],
+            recipients[r],
+            subjects[r]["digest"] if r in subjects else empty,
+            subjects[r]["first_subject"] if r in subjects else None,
+        )
+        for r in ids
+    }
+
+
+async def close_many(
+    conn: Connection, *, tenant_id: UUID, closed: Sequence[tuple[UUID, Deadline, str]]
+) -> None:
+    """Store requests completed: (request, closed deadline, certificate) each."""
+    await conn.execute(
+        _CLOSE_MANY,
+        tenant_id,
+        [request_id for request_id, _, _ in closed],
+        [pauses_json(deadline) for _, deadline, _ in closed],
+        [deadline.closed_at for _, deadline, _ in closed],
+        [deadline.due_at for _, deadline, _ in closed],
+        [certificate for _, _, certificate in closed],
+    )
 
 
 async def list_requests(

@@ -83,6 +83,7 @@ from consentry.consent.rights.models import (
 from consentry.consent.sealing import Sealer
 from consentry.eventing import outbox
 from consentry.eventing.db import Connection, Pool
+from consentry.eventing.envelope import Event
 from consentry.httpapi.problems import Problem
 
 FUTURE_TOLERANCE = timedelta(minutes=5)  # clock skew allowed on a notice's time
@@ -449,52 +450,63 @@ async def complete(
     """Complete the (locked, in-progress) request `row` in `conn`'s transaction: close its
     deadline, sign its certificate, store both and queue `RequestClosed`. Returns the
     certificate."""
-    request_id: UUID = row["id"]
-    deadline = repository.deadline_of(row)
-    # Another process's clock may be a little behind the last recorded fact.
-    closed_at = max(now, _last_fact(deadline))
-    closed = deadline.close(closed_at)
-    services = await repository.services(conn, tenant_id=tenant_id, request_id=request_id)
-    recipients = await repository.recipients(conn, tenant_id=tenant_id, request_id=request_id)
-    facts = CertificateFacts(
-        tenant_id=tenant_id,
-        request_id=request_id,
-        kind=row["kind"],
-        requester=row["requester"],
-        received_at=row["received_at"],
-        completed_at=closed_at,
-        due_at=closed.due_at,
-        subject_count=row["subject_count"],
-        subjects_sha256=await repository.subjects_digest(
-            conn, tenant_id=tenant_id, request_id=request_id
-        ),
-        subject_ref=await repository.first_subject(conn, tenant_id=tenant_id, request_id=request_id)
-        if row["subject_count"] == 1
-        else None,
-        services=[ServiceReport(**dict(service)) for service in services],
-        recipients=[RecipientReport(**dict(recipient)) for recipient in recipients],
+    (certificate,) = await complete_many(conn, tenant_id=tenant_id, rows=[row], key=key, now=now)
+    return certificate
+
+
+async def complete_many(
+    conn: Connection,
+    *,
+    tenant_id: UUID,
+    rows: Sequence[asyncpg.Record],
+    key: SigningKey,
+    now: datetime,
+) -> list[str]:
+    """`complete` for several requests of the tenant at once, in a few statements whatever
+    their number; the certificates, in the order of `rows`."""
+    if not rows:
+        return []
+    reports = await repository.reports_of(
+        conn, tenant_id=tenant_id, request_ids=[row["id"] for row in rows]
     )
-    certificate = sign_certificate(key, facts)
-    await repository.save(
-        conn,
-        tenant_id=tenant_id,
-        request_id=request_id,
-        state=RequestState.COMPLETED,
-        deadline=closed,
-        certificate=certificate,
-    )
-    await outbox.add(
-        conn,
-        events.request_closed(
+    closed: list[tuple[UUID, Deadline, str]] = []
+    closing: list[Event] = []
+    for row in rows:
+        request_id: UUID = row["id"]
+        deadline = repository.deadline_of(row)
+        # Another process's clock may be a little behind the last recorded fact.
+        closed_at = max(now, _last_fact(deadline))
+        done = deadline.close(closed_at)
+        report = reports[request_id]
+        facts = CertificateFacts(
             tenant_id=tenant_id,
             request_id=request_id,
-            kind=RequestKind(row["kind"]),
-            completed=True,
-            closed_at=closed_at,
-            certificate=certificate,
-        ),
-    )
-    return certificate
+            kind=row["kind"],
+            requester=row["requester"],
+            received_at=row["received_at"],
+            completed_at=closed_at,
+            due_at=done.due_at,
+            subject_count=row["subject_count"],
+            subjects_sha256=report.subjects_sha256,
+            subject_ref=report.first_subject if row["subject_count"] == 1 else None,
+            services=[ServiceReport(**service) for service in report.services],
+            recipients=[RecipientReport(**recipient) for recipient in report.recipients],
+        )
+        certificate = sign_certificate(key, facts)
+        closed.append((request_id, done, certificate))
+        closing.append(
+            events.request_closed(
+                tenant_id=tenant_id,
+                request_id=request_id,
+                kind=RequestKind(row["kind"]),
+                completed=True,
+                closed_at=closed_at,
+                certificate=certificate,
+            )
+        )
+    await repository.close_many(conn, tenant_id=tenant_id, closed=closed)
+    await outbox.add_many(conn, closing)
+    return [certificate for _, _, certificate in closed]
 
 
 # --- Reading
