@@ -37,21 +37,24 @@ extension_months, extension_reason, extension_notice_sent_at, extended_at, close
 verified_at, started_at, fanned_out, fanned_out_at, subjects_done, subjects_with_recipients,
 export_public_key, certificate
 """
+# A request and its subjects in one statement, numbered in the order given (COPY is not
+# allowed into a table under row-level security); the subjects' foreign key is checked at
+# the statement's end, when the request is there.
 _INSERT = f"""
-INSERT INTO rights_requests (
-    tenant_id, id, kind, requester, state, subject_count, note_sealed, expected_services,
-    await_recipients, received_at, timezone, holiday_country, roll_forward, pauses, due_at,
-    verified_at, started_at, export_public_key, export_key_sealed)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15, $16, $17, $18,
-        $19)
-RETURNING {_COLUMNS}
+WITH request AS (
+    INSERT INTO rights_requests (
+        tenant_id, id, kind, requester, state, subject_count, note_sealed, expected_services,
+        await_recipients, received_at, timezone, holiday_country, roll_forward, pauses, due_at,
+        verified_at, started_at, export_public_key, export_key_sealed)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15, $16, $17,
+            $18, $19)
+    RETURNING {_COLUMNS}
+), subjects AS (
+    INSERT INTO rights_request_subjects (tenant_id, request_id, n, subject_ref)
+    SELECT $1, $2, t.n, t.ref FROM unnest($20::text[]) WITH ORDINALITY AS t(ref, n)
+)
+SELECT * FROM request
 """  # noqa: S608 - constant fragments
-# One statement for any number of subjects (COPY is not allowed into a table under row-level
-# security), numbered in the order given.
-_INSERT_SUBJECTS = """
-INSERT INTO rights_request_subjects (tenant_id, request_id, n, subject_ref)
-SELECT $1, $2, t.n, t.ref FROM unnest($3::text[]) WITH ORDINALITY AS t(ref, n)
-"""
 _GET = f"SELECT {_COLUMNS} FROM rights_requests WHERE tenant_id = $1 AND id = $2\n"  # noqa: S608
 # NO KEY UPDATE: serialises changes of the request, yet lets foreign-key checks of its
 # bookkeeping rows (FOR KEY SHARE) through.
@@ -255,8 +258,8 @@ async def insert_request(
         started_at,
         export_public_key,
         export_key_sealed,
+        list(subject_refs),
     )
-    await conn.execute(_INSERT_SUBJECTS, tenant_id, request_id, list(subject_refs))
     assert row is not None  # INSERT ... RETURNING returns the row or raises
     return row
 
