@@ -119,8 +119,11 @@ class SenderSettings(DatabaseSettings, SubprocessorsKeySettings):
         le=MAX_TIMESTAMP_TOLERANCE_SECONDS,
         description="how far a signed 2xx answer's webhook-timestamp may be from now",
     )
+    # Measured (bench.rights_erasure (a), 300 webhooks/s on a busy 2-core VM): with 16,
+    # up to 10 % of new deliveries found no free slot and waited for the claim path
+    # (p99 1.1-3.1 s before the first attempt); with 64 every one was posted at once.
     sender_concurrency: int = Field(
-        default=16,
+        default=64,
         ge=1,
         le=1024,
         description="webhooks in flight at once (raise it for many slow recipients)",
