@@ -71,17 +71,8 @@ WHERE tenant_id = $1 AND id = $2
 _FIRST_SUBJECT = """
 SELECT subject_ref FROM rights_request_subjects WHERE tenant_id = $1 AND request_id = $2 AND n = 1
 """
-_SERVICES = """
-SELECT service, subjects, erased, first_completed_at, last_completed_at
-FROM rights_request_services WHERE tenant_id = $1 AND request_id = $2 ORDER BY service
-"""
-_RECIPIENTS = """
-SELECT recipient_id, selected, acknowledged, dead_lettered, first_acknowledged_at,
-       last_acknowledged_at, last_dead_lettered_at
-FROM rights_request_recipients WHERE tenant_id = $1 AND request_id = $2 ORDER BY recipient_id
-"""
-# The services' and recipients' reports of several requests at once (the tracker completes
-# a batch's requests together), each row naming its request; and per request the SHA-256 over
+# The services' and recipients' reports of one or several requests (the tracker completes a
+# batch's requests together), each row naming its request; and per request the SHA-256 over
 # its subject references, sorted, one per line (lets whoever holds the list check that the
 # certificate covers exactly those subjects), with its first subject.
 _SERVICES_OF = """
@@ -315,24 +306,34 @@ async def first_subject(conn: Connection, *, tenant_id: UUID, request_id: UUID) 
     return ref
 
 
-async def services(conn: Connection, *, tenant_id: UUID, request_id: UUID) -> list[asyncpg.Record]:
+Report = dict[str, Any]  # one row of a report, without its request
+
+
+async def _per_request(
+    conn: Connection, sql: str, tenant_id: UUID, request_ids: list[UUID]
+) -> dict[UUID, list[Report]]:
+    found: dict[UUID, list[Report]] = {r: [] for r in request_ids}
+    for row in await conn.fetch(sql, tenant_id, request_ids):
+        found[row["request_id"]].append({k: v for k, v in row.items() if k != "request_id"})
+    return found
+
+
+async def services(conn: Connection, *, tenant_id: UUID, request_id: UUID) -> list[Report]:
     """Per internal service: subjects reported, what was erased, first and last report."""
-    return list(await conn.fetch(_SERVICES, tenant_id, request_id))
+    return (await _per_request(conn, _SERVICES_OF, tenant_id, [request_id]))[request_id]
 
 
-async def recipients(
-    conn: Connection, *, tenant_id: UUID, request_id: UUID
-) -> list[asyncpg.Record]:
+async def recipients(conn: Connection, *, tenant_id: UUID, request_id: UUID) -> list[Report]:
     """Per recipient: subjects selected, acknowledged and dead-lettered, with times."""
-    return list(await conn.fetch(_RECIPIENTS, tenant_id, request_id))
+    return (await _per_request(conn, _RECIPIENTS_OF, tenant_id, [request_id]))[request_id]
 
 
 @dataclass(frozen=True, slots=True)
 class Reports:
     """What a request's completion certificate states, as the bookkeeping holds it."""
 
-    services: list[dict[str, Any]]  # per internal service (`_SERVICES`' columns)
-    recipients: list[dict[str, Any]]  # per recipient (`_RECIPIENTS`' columns)
+    services: list[Report]  # per internal service (`services`)
+    recipients: list[Report]  # per recipient (`recipients`)
     subjects_sha256: str  # of the subject references, sorted, newline-separated
     first_subject: str | None
 
@@ -343,12 +344,8 @@ async def reports_of(
     """The certificate facts the bookkeeping holds for several requests, in three statements
     whatever their number."""
     ids = list(request_ids)
-    services: dict[UUID, list[dict[str, Any]]] = {r: [] for r in ids}
-    recipients: dict[UUID, list[dict[str, Any]]] = {r: [] for r in ids}
-    for row in await conn.fetch(_SERVICES_OF, tenant_id, ids):
-        services[row["request_id"]].append({k: v for k, v in row.items() if k != "request_id"})
-    for row in await conn.fetch(_RECIPIENTS_OF, tenant_id, ids):
-        recipients[row["request_id"]].append({k: v for k, v in row.items() if k != "request_id"})
+    services = await _per_request(conn, _SERVICES_OF, tenant_id, ids)
+    recipients = await _per_request(conn, _RECIPIENTS_OF, tenant_id, ids)
     subjects = {row["request_id"]: row for row in await conn.fetch(_SUBJECTS_OF, tenant_id, ids)}
     empty = hashlib.sha256(b"").hexdigest()  # a request has subjects; this keeps the type
     return {

@@ -541,8 +541,8 @@ async def _read(
 
 def _out(
     row: asyncpg.Record,
-    services: Sequence[asyncpg.Record],
-    recipients: Sequence[asyncpg.Record],
+    services: Sequence[repository.Report],
+    recipients: Sequence[repository.Report],
     subject_ref: str | None,
     note: str | None,
     now: datetime,
@@ -599,7 +599,7 @@ def _out(
                 )
                 for s in services
             ],
-            recipients=[RecipientProgress(**dict(r)) for r in recipients],
+            recipients=[RecipientProgress(**r) for r in recipients],
         ),
         certificate=row["certificate"],
     )
