@@ -7,7 +7,7 @@ Starts PostgreSQL and the broker through the dev stack, migrates a subprocessors
 registers `--recipients` recipients of one tenant (webhook URLs on loopback, secrets sealed as
 the API seals them), serves their endpoints in this process (uvicorn; each request verified
 with the `standardwebhooks` library against that recipient's secret), and starts the notifier
-(faust worker + sender) and the outbox relay as real processes, logged in with the service's
+(faust worker), the sender and the outbox relay as real processes, logged in with the service's
 restricted role. After a warm-up it produces ErasureRequested events open loop at `--rate`
 for `--duration` seconds and reports, per request, the time from producing the event to the
 moment the LAST recipient received its verified webhook (and per webhook), with the p50 /
@@ -345,7 +345,7 @@ async def _run(
     async with contextlib.AsyncExitStack() as running:
         for port in ports:
             await running.enter_async_context(serve(receivers, port))
-        commands = ["notifier"] + (["relay"] if opts.relay else [])
+        commands = ["notifier", "sender"] + (["relay"] if opts.relay else [])
         for command in commands:
             log = running.enter_context((logs / f"subprocessors.{command}.log").open("wb"))
             pid = await running.enter_async_context(process(command, env, log))
@@ -431,7 +431,7 @@ def markdown(results: dict[str, Any], level: int = 1) -> str:
         "",
         f"{m['usable_cpus']} CPU cores ({m['cpu_model']}), Python {m['python']}, PostgreSQL "
         f"{pg['server_version']} (fsync={pg['fsync']}, synchronous_commit="
-        f"{pg['synchronous_commit']}), Tansu (memory); the notifier (faust worker + sender), "
+        f"{pg['synchronous_commit']}), Tansu (memory); the notifier (faust worker), the sender, "
         f"the relay ({'running' if p['relay'] else 'not running'}), the {p['recipients']} "
         "receivers (this process, one uvicorn server each on loopback) and the load share "
         "these cores.",

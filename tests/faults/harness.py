@@ -30,7 +30,8 @@ that is also recorded for the session's table (`RESULTS`, printed by conftest):
 (c) list suppression matches: unsubscribed, withdrawn and erased members are suppressed
     with that reason, the others are still sendable;
 (d) no event gave a webhook recipient two different webhook-ids or two acknowledged
-    deliveries (the same webhook-id may come again: that is a retry);
+    deliveries (the same webhook-id may come again: that is a retry); where the case asks
+    (`every_erasure_told`: the process kills), every accepted erasure request reached it;
 (e) the tenant's chain verifies (`/v1/audit/verify`).
 """
 
@@ -98,6 +99,7 @@ RELAY_ACTIVE = "relay active"  # what a relay logs once it holds its outbox lock
 CONSENT_PURPOSES = ("performance", "functionality", "targeting")
 UNSUBSCRIBED = "consentry.preferences.unsubscribed.v1"
 ERASURE_REQUESTED = "consentry.rights.erasure_requested.v1"
+ERASURE_NOTICE = "erasure.requested"  # the `type` of a webhook notice (docs/webhooks.md)
 TOPIC_PARTITIONS = 6
 
 
@@ -734,8 +736,16 @@ class CaseResult:
 RESULTS: list[CaseResult] = []
 
 
-async def check(stack: FaultStack, load: Load, sink: WebhookSink | None = None) -> Verdict:
-    """Evaluate every invariant once (no waiting): see the module docstring."""
+async def check(
+    stack: FaultStack,
+    load: Load,
+    sink: WebhookSink | None = None,
+    *,
+    every_erasure_told: bool = False,
+) -> Verdict:
+    """Evaluate every invariant once (no waiting): see the module docstring. With
+    `every_erasure_told` (the sink was a recipient before the load began), (d) also needs a
+    webhook at the sink for every accepted erasure request."""
     verdict = Verdict(accepted=len(load.accepted))
     tenant = UUID(DEV_TENANT_ID)
     consent = await asyncpg.connect(stack.database_dsn("consent"))
@@ -797,7 +807,7 @@ async def check(stack: FaultStack, load: Load, sink: WebhookSink | None = None) 
 
     verdict.failures += await _check_lists(stack, load)
     if sink is not None:
-        verdict.failures += _check_webhooks(sink)
+        verdict.failures += _check_webhooks(sink, load if every_erasure_told else None)
     async with stack.client("audit") as audit_api:
         report = (await audit_api.get("/v1/audit/verify")).json()
     if report.get("ok") is not True:
@@ -844,8 +854,9 @@ async def _check_lists(stack: FaultStack, load: Load) -> list[str]:
     return [f"(c) {len(wrong)} list member(s): {wrong[:5]}"] if wrong else []
 
 
-def _check_webhooks(sink: WebhookSink) -> list[str]:
-    """(d): one webhook-id per notice (type, request or subject, recipient)."""
+def _check_webhooks(sink: WebhookSink, told_of: Load | None = None) -> list[str]:
+    """(d): one webhook-id per notice (type, request or subject, recipient); with `told_of`,
+    also a notice for every erasure request that load had accepted."""
     ids: dict[tuple[str, ...], set[str]] = defaultdict(set)
     for delivery in list(sink.deliveries):
         notice = delivery.notice
@@ -854,12 +865,22 @@ def _check_webhooks(sink: WebhookSink) -> list[str]:
             for field in ("type", "request_id", "subject_ref", "recipient_id", "purposes")
         )
         ids[key].add(delivery.webhook_id)
+    failures: list[str] = []
     doubled = {key: sorted(found) for key, found in ids.items() if len(found) > 1}
     if doubled:
-        return [
+        failures.append(
             f"(d) {len(doubled)} notice(s) with several webhook-ids: {list(doubled.items())[:3]}"
+        )
+    if told_of is not None:
+        told = {key[1] for key in ids if key[0] == ERASURE_NOTICE}
+        untold = [
+            item.request_id
+            for item in told_of.accepted
+            if item.kind == "erasure" and item.request_id not in told
         ]
-    return []
+        if untold:
+            failures.append(f"(d) {len(untold)} accepted erasure(s) never notified: {untold[:3]}")
+    return failures
 
 
 async def recover(
@@ -869,6 +890,7 @@ async def recover(
     fault_at: float,
     *,
     sink: WebhookSink | None = None,
+    every_erasure_told: bool = False,
     seconds: float | None = None,
     record: bool = True,
 ) -> CaseResult:
@@ -880,7 +902,7 @@ async def recover(
     recovered: float | None = None
     while True:
         with contextlib.suppress(OSError, asyncpg.PostgresError, httpx.HTTPError, ValueError):
-            verdict = await check(stack, load, sink)
+            verdict = await check(stack, load, sink, every_erasure_told=every_erasure_told)
             if verdict.ok:
                 recovered = time.monotonic() - fault_at
                 break

@@ -28,7 +28,7 @@ async def _kill_under_load(
         while stack.worker(service, process).starts == starts:
             await asyncio.sleep(0.1)
     await stack.wait_running()
-    row = await recover(stack, load, case, fault_at, sink=sink)
+    row = await recover(stack, load, case, fault_at, sink=sink, every_erasure_told=True)
     assert load.accepted, "the load had nothing accepted: the case would prove nothing"
     assert row.ok, row.failures
     assert (row.lost, row.duplicated) == (0, 0)
@@ -65,6 +65,16 @@ async def test_kill_9_of_the_subprocessor_notifier(
 ) -> None:
     await _kill_under_load(
         fault_stack, registered_sink, "notifier (faust) kill -9", "subprocessors", "notifier"
+    )
+
+
+async def test_kill_9_of_the_subprocessor_sender(
+    fault_stack: FaultStack, registered_sink: WebhookSink
+) -> None:
+    """The sender posts the notifier's deliveries (by default the notifier does not): its
+    leases lapse and what it held is posted again under the same webhook-id."""
+    await _kill_under_load(
+        fault_stack, registered_sink, "webhook sender kill -9", "subprocessors", "sender"
     )
 
 

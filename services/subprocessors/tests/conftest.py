@@ -42,6 +42,7 @@ from consentry.rights.v1 import rights_pb2
 from consentry.subprocessors import signing
 from consentry.subprocessors.__main__ import migrations
 from consentry.subprocessors.app import create_app
+from consentry.subprocessors.notifier.sender import run_sender
 from consentry.subprocessors.notifier.worker import CONSUMER, run_notifier
 from consentry.subprocessors.settings import ApiSettings, NotifierSettings
 
@@ -416,14 +417,19 @@ def notifier_settings(app_dsn: str, notifier_topics: str) -> NotifierSettings:
 
 @contextlib.asynccontextmanager
 async def notifier(settings: NotifierSettings) -> AsyncIterator[asyncio.Task[None]]:
-    """`run_notifier` in this process until the block ends (stopped as by SIGTERM)."""
+    """`run_notifier` in this process until the block ends (stopped as by SIGTERM), and,
+    unless the notifier posts itself (`notifier_sender`), `run_sender` next to it, as a
+    deployment runs the `sender` command."""
     stop = asyncio.Event()
     task = asyncio.create_task(run_notifier(settings, stop))
+    sending = None if settings.notifier_sender else asyncio.create_task(run_sender(settings, stop))
     try:
         yield task
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
+        if sending is not None:
+            await asyncio.wait_for(sending, timeout=30)
 
 
 async def eventually(

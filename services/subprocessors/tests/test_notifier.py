@@ -1,5 +1,6 @@
 """The notifier end to end: events on the real broker, the faust worker and the sender in
-this process, local webhook receivers on loopback that verify every notice with the
+this process (as the `sender` command next to it, or, in the tests of `posting`, also as
+the notifier's own sender), local webhook receivers on loopback that verify every notice with the
 `standardwebhooks` library, acknowledgements through the API."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from consentry.eventing import catalogue
 from consentry.eventing.envelope import utcnow
@@ -44,13 +46,23 @@ async def _deliveries(db: asyncpg.Connection, tenant: uuid.UUID) -> list[asyncpg
     )
 
 
+@pytest.fixture(params=[False, True], ids=["sender-command", "notifier-sender"])
+def posting(
+    request: pytest.FixtureRequest, notifier_settings: NotifierSettings
+) -> NotifierSettings:
+    """The notifier as deployed by default (the `sender` command posts what it makes) and as
+    one process (`notifier_sender`: its own sender takes new deliveries over in the
+    transaction that makes them)."""
+    return notifier_settings.model_copy(update={"notifier_sender": request.param})
+
+
 async def test_erasure_reaches_every_active_recipient_verified(
     client: httpx.AsyncClient,
     public: httpx.AsyncClient,
     db: asyncpg.Connection,
     tenant: uuid.UUID,
     receivers: Receivers,
-    notifier_settings: NotifierSettings,
+    posting: NotifierSettings,
 ) -> None:
     hooks = {name: receivers.add(name) for name in ("pay", "bill", "partner", "retired")}
     registered: dict[str, dict[str, Any]] = {}
@@ -65,8 +77,8 @@ async def test_erasure_reaches_every_active_recipient_verified(
     await client.delete(f"/v1/recipients/{registered['retired']['id']}")
     event = erasure_requested(tenant, request_id="req-erasure-1")
 
-    async with notifier(notifier_settings):
-        await produce(notifier_settings.kafka_bootstrap_servers, [event])
+    async with notifier(posting):
+        await produce(posting.kafka_bootstrap_servers, [event])
         await eventually(
             lambda: _deliveries(db, tenant),
             lambda rows: len(rows) == 3 and all(r["status"] == "delivered" for r in rows),
@@ -193,15 +205,15 @@ async def test_fails_three_times_then_acknowledges_in_its_answer(
     db: asyncpg.Connection,
     tenant: uuid.UUID,
     receivers: Receivers,
-    notifier_settings: NotifierSettings,
+    posting: NotifierSettings,
 ) -> None:
     hook = receivers.add("flaky")
     created = await register(client, "flaky", hook.url)
     hook.secret = created["signing_secret"]
     hook.behaviour = fail_first(3, signed_ack(hook.secret))
-    async with notifier(notifier_settings):
+    async with notifier(posting):
         await produce(
-            notifier_settings.kafka_bootstrap_servers,
+            posting.kafka_bootstrap_servers,
             [erasure_requested(tenant, request_id="req-flaky")],
         )
         rows = await eventually(

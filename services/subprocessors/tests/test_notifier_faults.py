@@ -157,6 +157,9 @@ def notifier_process(
         "CONSENTRY_NOTIFIER_GROUP_ID": notifier_settings.notifier_group_id,
         "CONSENTRY_NOTIFIER_SESSION_TIMEOUT": "2",
         "CONSENTRY_NOTIFIER_COMMIT_INTERVAL": "0.2",
+        # Its own sender too: the kill also drops posts in flight and deliveries taken over
+        # in the notifier's transaction, whose leases must lapse and be posted again.
+        "CONSENTRY_NOTIFIER_SENDER": "true",
         "CONSENTRY_PUBLIC_URL": PUBLIC_URL,
         "CONSENTRY_RETRY_BASE_SECONDS": "0.05",
         "CONSENTRY_RETRY_CAP_SECONDS": "0.2",

@@ -13,17 +13,24 @@ subprocessor notifier): `App` is a `faust.App` whose consumer
   would otherwise drop the re-read records as read already and commit nothing below the
   old offset.
 
+`linger_batches` is faust's `Stream.noack_take` with the window of a Kafka producer's
+`linger.ms` (`consentry.eventing.batching.Linger`): a batch closes when full or when its
+oldest event has waited `within`, and events keep arriving while the agent works through
+the previous batch.
+
 Requires the `faust` extra of consentry-eventing.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from consentry.eventing.batching import Linger
 from consentry.eventing.consumer import LogLossGuard
 
 
@@ -79,3 +86,30 @@ class App(faust.App):
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
+
+
+async def linger_batches(stream: Any, max_items: int, within: float) -> AsyncIterator[list[Any]]:
+    """The stream's events in batches (`Linger`), none acknowledged: the caller acks each
+    event (`stream.ack`) once its effect is durable, as with `noack_take`.
+
+    The stream is drained in the background as faust's own `take` does it (a processor
+    fills the buffer; the passive drainer iterates the stream), but the processor only
+    waits while the buffer is full, never while the agent works."""
+    linger: Linger[Any] = Linger(max_items, within)
+
+    async def add(value: Any) -> Any:
+        event = stream.current_event
+        if event is None:
+            raise RuntimeError("faust gave a value without its event")
+        await linger.put(event)
+        return value
+
+    enable_acks, stream.enable_acks = stream.enable_acks, False
+    stream.add_processor(add)
+    stream._enable_passive(aiter(stream.channel))  # as faust's own take does
+    try:
+        while not stream.should_stop:
+            yield await linger.get()
+    finally:
+        stream.enable_acks = enable_acks
+        stream._processors.remove(add)

@@ -16,8 +16,11 @@ database refuses as invalid (or the effect rejects as poison), go to
 event types on those topics are skipped. Only after the commit are the batch's events
 acknowledged to faust, whose offset commits therefore never pass an event whose effect is
 not durable: a crash re-reads it, and the inbox makes the repeat harmless. A transient
-error (database or broker away) retries the same batch. The sender runs in the same
-process (an asyncio task) and is woken after each commit. After the commit each applied
+error (database or broker away) retries the same batch. Batches close when full or when
+their oldest event has waited `notifier_batch_within` (`faust_kafka.linger_batches`). The
+`sender` command, run next to the notifier, posts the deliveries (woken by the NOTIFY of
+their commit); with `notifier_sender` a sender also runs in this process (an asyncio task),
+and takes the new deliveries over in the transaction that makes them. After the commit each applied
 event is observed in `consentry_propagation_seconds` (consumer `subprocessor-notifier`): the
 time to the notice, not to the recipients' webhooks (those are the sender's
 `consentry_webhook_*` metrics).
@@ -41,7 +44,7 @@ from consentry.eventing import catalogue, inbox, kafka, metrics, outbox, topics
 from consentry.eventing.consumer import TRANSIENT_ERRORS, apply_claimed, send_dead_letter
 from consentry.eventing.db import Connection, Pool, create_pool, set_tenant
 from consentry.eventing.envelope import PoisonMessage, ReceivedEvent, decode, not_for
-from consentry.eventing.faust_kafka import App
+from consentry.eventing.faust_kafka import App, linger_batches
 from consentry.eventing.logs import get_logger
 from consentry.subprocessors.deliveries.models import Claimed
 from consentry.subprocessors.deliveries.service import (
@@ -312,9 +315,10 @@ def build_app(
     )
 
     async def notify(stream: Any) -> None:
-        # noack_take: faust acknowledges nothing by itself; we ack after the commit.
-        async for events in stream.noack_take(
-            settings.notifier_batch_max, within=settings.notifier_batch_within
+        # Nothing is acknowledged by faust itself: we ack after the commit. A batch closes
+        # when full or when its oldest event has waited `notifier_batch_within`.
+        async for events in linger_batches(
+            stream, settings.notifier_batch_max, settings.notifier_batch_within
         ):
             records = [_record(event.message) for event in events]
             try:
@@ -334,8 +338,8 @@ def build_app(
 
 
 async def run_notifier(settings: NotifierSettings, stop: asyncio.Event) -> None:
-    """The `notifier` command: make deliveries from events (and, unless
-    `notifier_sender` is off, post them) until `stop` is set."""
+    """The `notifier` command: make deliveries from events (and, with `notifier_sender`,
+    post them) until `stop` is set."""
     pool = await create_pool(settings, stateless=True)
     producer = kafka.producer(settings, "-notifier-dlq")
     datadir = tempfile.mkdtemp(prefix="consentry-notifier-")
