@@ -27,7 +27,14 @@ from consentry.eventing.envelope import ReceivedEvent
 from consentry.eventing.testing import outbox_events
 
 from .conftest import TENANT_ID
-from .test_rights_support import apply, received, selected, service_completed, verify_certificate
+from .test_rights_support import (
+    apply,
+    received,
+    request_row,
+    selected,
+    service_completed,
+    verify_certificate,
+)
 
 pytestmark = pytest.mark.integration
 SUBJECTS = 25_000
@@ -110,8 +117,7 @@ async def test_bulk_erasure_of_many_subjects(
         await apply(pool, tracker, answers[offset : offset + BATCH])
     tracking = time.perf_counter() - started
 
-    row = await db.fetchrow("SELECT * FROM rights_requests WHERE id = $1", uuid.UUID(rid))
-    assert row is not None
+    row = await request_row(db, rid)
     assert row["state"] == "completed"
     assert row["subjects_done"] == SUBJECTS
     jwks = (await client.get(f"/v1/tenants/{TENANT_ID}/jwks.json")).json()

@@ -147,7 +147,14 @@ async def apply(
 
 
 async def request_row(db: asyncpg.Connection, request_id: str) -> asyncpg.Record:
-    row = await db.fetchrow("SELECT * FROM rights_requests WHERE id = $1", uuid.UUID(request_id))
+    """The request's row with the tracker's counters (kept in rights_request_progress)."""
+    row = await db.fetchrow(
+        "SELECT q.*, coalesce(p.subjects_done, 0) AS subjects_done,"
+        " coalesce(p.subjects_with_recipients, 0) AS subjects_with_recipients"
+        " FROM rights_requests AS q LEFT JOIN rights_request_progress AS p"
+        " ON p.tenant_id = q.tenant_id AND p.request_id = q.id WHERE q.id = $1",
+        uuid.UUID(request_id),
+    )
     assert row is not None
     return row
 

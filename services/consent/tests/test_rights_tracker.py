@@ -19,6 +19,8 @@ import pytest_asyncio
 from aiokafka import AIOKafkaProducer
 from jwcrypto.common import JWException  # type: ignore[import-untyped]
 
+from consentry.consent.db import set_tenant
+from consentry.consent.rights import repository
 from consentry.consent.rights.fanout import rights_pass, run_rights_worker
 from consentry.consent.rights.models import Requester, RequestKind, RightsRequestIn
 from consentry.consent.rights.service import ErasurePolicy, create_request
@@ -67,6 +69,39 @@ async def refs_of(db: asyncpg.Connection, request_id: str) -> list[str]:
         uuid.UUID(request_id),
     )
     return [row["subject_ref"] for row in rows]
+
+
+async def test_answers_are_recorded_while_the_rights_worker_holds_the_request(
+    client: httpx.AsyncClient, pool: Pool, db: asyncpg.Connection, sealer: Sealer
+) -> None:
+    """The `rights` worker holds a request's row locked while it fans out a chunk (a bulk
+    request: a chunk after another for minutes). The tracker's bookkeeping of the answers
+    that already came must not wait for it: its counters are kept in a row of their own."""
+    filed = await file(client, kind="erasure", requester="tenant", subject_ids=["ann", "ben"])
+    rid = filed["id"]
+    await rights_pass(pool, now=datetime.now(UTC))
+    ann, ben = await refs_of(db, rid)
+    tracker = RightsTracker(sealer)
+    async with pool.acquire() as holder, holder.transaction():
+        await set_tenant(holder, TENANT_ID)
+        locked = await repository.lock_requests(
+            holder, tenant_id=TENANT_ID, request_ids=[uuid.UUID(rid)]
+        )
+        assert [row["id"] for row in locked] == [uuid.UUID(rid)]
+        async with asyncio.timeout(5):  # before: blocked until the holder's commit
+            await apply(
+                pool,
+                tracker,
+                [
+                    service_completed(TENANT_ID, ann, rid),
+                    selected(TENANT_ID, ann, rid, []),
+                    selected(TENANT_ID, ben, rid, ["billing"]),
+                ],
+            )
+    row = await request_row(db, rid)
+    assert row["subjects_with_recipients"] == 2
+    assert row["subjects_done"] == 0  # the other services have not answered yet
+    assert row["state"] == "in-progress"
 
 
 async def test_an_erasure_completes_when_every_service_and_recipient_answered(

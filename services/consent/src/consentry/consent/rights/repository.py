@@ -29,13 +29,19 @@ SELECT pg_notify('consentry_rights', '');
 COMMIT;
 """
 
-# The columns a request is read with (`get_request`, and `insert_request` returns them).
+# The columns a request is read with (`get_request`, and `insert_request` returns them); the
+# tracker's counters are kept apart (rights_request_progress, migration 0013).
 _COLUMNS = """
 id, kind, requester, state, subject_count, note_sealed, reason, expected_services,
 await_recipients, received_at, timezone, holiday_country, roll_forward, pauses::text AS pauses,
 extension_months, extension_reason, extension_notice_sent_at, extended_at, closed_at, due_at,
-verified_at, started_at, fanned_out, fanned_out_at, subjects_done, subjects_with_recipients,
-export_public_key, certificate
+verified_at, started_at, fanned_out, fanned_out_at, export_public_key, certificate,
+coalesce((SELECT p.subjects_done FROM rights_request_progress AS p
+          WHERE p.tenant_id = rights_requests.tenant_id AND p.request_id = rights_requests.id),
+         0) AS subjects_done,
+coalesce((SELECT p.subjects_with_recipients FROM rights_request_progress AS p
+          WHERE p.tenant_id = rights_requests.tenant_id AND p.request_id = rights_requests.id),
+         0) AS subjects_with_recipients
 """
 # A request and its subjects in one statement, numbered in the order given (COPY is not
 # allowed into a table under row-level security); the subjects' foreign key is checked at

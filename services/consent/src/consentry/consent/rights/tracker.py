@@ -155,14 +155,24 @@ WHERE x.tenant_id = $1 AND x.request_id = t.r AND x.subject_ref = t.s AND x.done
          AND y.state = 'pending')))
 RETURNING x.request_id
 """
+# The requests' counters live in their own rows (migration 0013): the `rights` worker holds
+# a request's row locked while it fans out a chunk, and these updates need not wait for it.
 _ADD_REQUEST_TOTALS = """
-UPDATE rights_requests AS q SET
-    subjects_done = q.subjects_done + t.done,
-    subjects_with_recipients = q.subjects_with_recipients + t.sel,
-    updated_at = now()
-FROM unnest($2::uuid[], $3::int[], $4::int[]) AS t(r, done, sel)
-WHERE q.tenant_id = $1 AND q.id = t.r
-RETURNING q.id, q.subjects_done = q.subject_count AND q.state = 'in-progress' AS complete
+WITH added AS (
+    INSERT INTO rights_request_progress AS p (tenant_id, request_id, subjects_done,
+                                              subjects_with_recipients)
+    SELECT $1, t.r, t.done, t.sel
+    FROM unnest($2::uuid[], $3::int[], $4::int[]) AS t(r, done, sel)
+    ORDER BY t.r
+    ON CONFLICT (tenant_id, request_id) DO UPDATE SET
+        subjects_done = p.subjects_done + EXCLUDED.subjects_done,
+        subjects_with_recipients = p.subjects_with_recipients
+                                   + EXCLUDED.subjects_with_recipients,
+        updated_at = now()
+    RETURNING p.request_id, p.subjects_done
+)
+SELECT q.id, a.subjects_done = q.subject_count AND q.state = 'in-progress' AS complete
+FROM added AS a JOIN rights_requests AS q ON q.tenant_id = $1 AND q.id = a.request_id
 """
 
 
@@ -526,6 +536,7 @@ async def run_rights_tracker(settings: RightsTrackerSettings, stop: asyncio.Even
             tracker.handle,
             batch_handler=tracker.apply,
             accepts=ANSWERS,
+            max_records=settings.rights_tracker_max_records,
         ).run(stop)
     finally:
         await consumer.stop()
