@@ -35,7 +35,7 @@ class Linger(Generic[T]):
         self._within = within
         self._clock = clock
         self._items: deque[tuple[float, T]] = deque()
-        self._arrived = asyncio.Event()  # the buffer went from empty to not empty
+        self._arrived = asyncio.Event()  # an item came (`get` waits on it when empty)
         self._full = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()

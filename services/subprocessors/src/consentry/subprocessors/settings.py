@@ -158,8 +158,9 @@ class NotifierSettings(SenderSettings, KafkaSettings):
         description="the faust app id (consumer group) and inbox consumer name",
     )
     # Measured (bench.rights_erasure (a), 100 erasures/s, 3 recipients, 2-core VM): with the
-    # posts in the notifier's own event loop its batches waited for them (p99 2.6 s from
-    # the 202 to the last verified webhook); with the `sender` process posting, 1.5-1.7 s.
+    # posts in the notifier's own event loop its batches waited for them (p99 2.6 and 5.8 s
+    # from the 202 to the last verified webhook); with the `sender` process posting,
+    # 1.0-1.7 s in five of seven runs (docs/rights-requests.md).
     notifier_sender: bool = Field(
         default=False,
         description="also post the deliveries from the notifier process (for a deployment "
