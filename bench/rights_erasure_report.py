@@ -165,7 +165,8 @@ def _rate(rate: dict[str, Any], p: dict[str, Any]) -> list[str]:
             stages["published_to_delivery_written"],
         ),
         (
-            "stage: → first attempt (0: its own sender claimed it in that transaction)",
+            "stage: → first attempt (the sender's claim; 0 when the notifier's own sender"
+            " took it over in that transaction)",
             stages["written_to_first_attempt"],
         ),
         (

@@ -16,6 +16,7 @@ import httpx
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from consentry.consent.rights import repository
 from consentry.consent.rights.deadlines import Deadline
 from consentry.consent.rights.tracker import RightsTracker
 from consentry.eventing import catalogue
@@ -147,14 +148,12 @@ async def apply(
 
 
 async def request_row(db: asyncpg.Connection, request_id: str) -> asyncpg.Record:
-    """The request's row with the tracker's counters (kept in rights_request_progress)."""
-    row = await db.fetchrow(
-        "SELECT q.*, coalesce(p.subjects_done, 0) AS subjects_done,"
-        " coalesce(p.subjects_with_recipients, 0) AS subjects_with_recipients"
-        " FROM rights_requests AS q LEFT JOIN rights_request_progress AS p"
-        " ON p.tenant_id = q.tenant_id AND p.request_id = q.id WHERE q.id = $1",
-        uuid.UUID(request_id),
-    )
+    """The request as the service reads it (`repository.get_request`: its row with the
+    tracker's counters), whichever tenant it belongs to."""
+    rid = uuid.UUID(request_id)
+    tenant_id = await db.fetchval("SELECT tenant_id FROM rights_requests WHERE id = $1", rid)
+    assert tenant_id is not None
+    row = await repository.get_request(db, tenant_id=tenant_id, request_id=rid)
     assert row is not None
     return row
 
