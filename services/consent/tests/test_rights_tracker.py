@@ -11,6 +11,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import httpx
@@ -20,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from jwcrypto.common import JWException  # type: ignore[import-untyped]
 
 from consentry.consent.db import set_tenant
-from consentry.consent.rights import repository
+from consentry.consent.rights import repository, tracker
 from consentry.consent.rights.fanout import rights_pass, run_rights_worker
 from consentry.consent.rights.models import Requester, RequestKind, RightsRequestIn
 from consentry.consent.rights.service import ErasurePolicy, create_request
@@ -102,6 +103,67 @@ async def test_answers_are_recorded_while_the_rights_worker_holds_the_request(
     assert row["subjects_with_recipients"] == 2
     assert row["subjects_done"] == 0  # the other services have not answered yet
     assert row["state"] == "in-progress"
+
+
+def scans_of(plan: dict[str, Any], table: str) -> list[str]:
+    """How each node of an EXPLAIN (FORMAT JSON) plan reads `table` (its target aside)."""
+    found = []
+    if plan.get("Relation Name") == table and plan["Node Type"] != "ModifyTable":
+        found.append(plan["Node Type"])
+    for child in plan.get("Plans", []):
+        found += scans_of(child, table)
+    return found
+
+
+async def test_a_batch_of_answers_looks_its_subjects_up_by_index(
+    client: httpx.AsyncClient, pool: Pool, db: asyncpg.Connection
+) -> None:
+    """The tracker's statements for 500 answers of a 20,000-subject request, planned with
+    statistics that know the table's size: every read of the subjects is an index lookup.
+    Joined plainly to the batch, PostgreSQL read all of them for each batch instead."""
+    filed = await file(
+        client, kind="erasure", requester="tenant", subject_ids=[f"p{n}" for n in range(20000)]
+    )
+    request_id = uuid.UUID(filed["id"])
+    refs = (await refs_of(db, filed["id"]))[:500]
+    requests, now = [request_id] * len(refs), datetime.now(UTC)
+    statements = {
+        "_RECORD_COMPLETIONS": (
+            tracker._RECORD_COMPLETIONS,
+            (requests, refs, ["x"] * 500, [now] * 500, ["[]"] * 500, [None] * 500),
+        ),
+        "_MARK_SELECTED": (tracker._MARK_SELECTED, (requests, refs, [now] * 500)),
+        "_SELECT_RECIPIENTS": (
+            tracker._SELECT_RECIPIENTS,
+            (requests, refs, ["r"] * 500, [now] * 500),
+        ),
+        "_RESOLVE_RECIPIENTS": (
+            tracker._RESOLVE_RECIPIENTS,
+            (
+                requests,
+                refs,
+                ["r"] * 500,
+                ["acknowledged"] * 500,
+                [now] * 500,
+                [None] * 500,
+                [now] * 500,
+                [1] * 500,
+                [None] * 500,
+            ),
+        ),
+        "_MARK_DONE": (tracker._MARK_DONE, (requests, refs, now)),
+    }
+    async with pool.acquire() as conn:
+        assert await repository.subjects_added(conn, 20000)  # as the worker's first chunk does
+        async with conn.transaction():
+            await set_tenant(conn, TENANT_ID)
+            for name, (sql, args) in statements.items():
+                [plan] = json.loads(
+                    await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, TENANT_ID, *args)
+                )
+                reads = scans_of(plan["Plan"], "rights_request_subjects")
+                assert reads, name
+                assert set(reads) <= {"Index Scan", "Index Only Scan"}, (name, reads)
 
 
 async def test_an_erasure_completes_when_every_service_and_recipient_answered(

@@ -57,6 +57,10 @@ from consentry.eventing.logs import get_logger
 from consentry.eventing.sealing import seal_part
 
 DEFAULT_BATCH_SIZE = 1000
+# A request of at least this many subjects may have multiplied `rights_request_subjects`:
+# its first chunk asks for the table's statistics to be brought up to date first
+# (`repository.subjects_added`, migration 0014).
+BULK_SUBJECTS = 1000
 log = get_logger(__name__)
 
 
@@ -99,6 +103,15 @@ async def fan_out_chunks(
                 left.append(row["id"])
         if not chunks:
             return 0, left
+        # Before the answers of a bulk request arrive: the tracker's lookups, and the
+        # foreign-key checks of what it records, are planned from these statistics.
+        added = sum(
+            r["subject_count"]
+            for r in taken.values()
+            if r["fanned_out"] == 0 and r["subject_count"] >= BULK_SUBJECTS
+        )
+        if added:
+            await repository.subjects_added(conn, added)
         subjects: dict[UUID, list[asyncpg.Record]] = {request_id: [] for request_id in taken}
         for subject in await repository.next_subjects_of(conn, tenant_id=tenant_id, chunks=chunks):
             subjects[subject["request_id"]].append(subject)

@@ -151,6 +151,7 @@ CROSS JOIN LATERAL (
 ) AS s
 ORDER BY r.o, s.n
 """
+_SUBJECTS_ADDED = "SELECT consentry_rights_subjects_added($1)"
 _ERASE = "SELECT subject_ref, subjects, consents, ledger FROM consentry_erase_subjects($1, $2)"
 _ADVANCE_MANY = """
 UPDATE rights_requests AS q SET fanned_out = t.f,
@@ -446,6 +447,13 @@ async def advance_many(
     """`advance` for several requests: request -> its last subject number fanned out."""
     ids = sorted(fanned_out)
     await conn.execute(_ADVANCE_MANY, tenant_id, ids, [fanned_out[i] for i in ids], now)
+
+
+async def subjects_added(conn: Connection, added: int) -> bool:
+    """Tell PostgreSQL that a request added `added` rows to its subjects: the table is
+    analyzed now if that is more than autovacuum would let pass (migration 0014). True if it
+    was."""
+    return bool(await conn.fetchval(_SUBJECTS_ADDED, added))
 
 
 async def erase_subjects(
