@@ -61,8 +61,8 @@ ANSWERS = (
 ACKNOWLEDGED = "acknowledged"
 DEAD_LETTERED = "dead-lettered"
 
-# Every statement finds the batch's subjects one by one, by their reference: a LATERAL
-# subquery with LIMIT is always a nested loop of index lookups. A plain join to
+# Every statement finds the batch's subjects (and _MARK_DONE their requests) one by one: a
+# LATERAL subquery with LIMIT is always a nested loop of index lookups. A plain join to
 # rights_request_subjects let PostgreSQL hash all the tenant's subjects for each batch when
 # it judged that cheaper (at 20,000 subjects and batches of 500 answers it did: 5 million
 # rows read per 100,000 answers). The two that change a subject's row (_MARK_SELECTED,
@@ -168,7 +168,10 @@ _MARK_DONE = """
 INSERT INTO rights_request_subjects AS x (tenant_id, request_id, n, subject_ref, done_at)
 SELECT $1, t.r, k.n, t.s, $4
 FROM unnest($2::uuid[], $3::text[]) AS t(r, s)
-JOIN rights_requests AS q ON q.tenant_id = $1 AND q.id = t.r
+CROSS JOIN LATERAL (
+    SELECT expected_services, await_recipients FROM rights_requests
+    WHERE tenant_id = $1 AND id = t.r LIMIT 1
+) AS q
 CROSS JOIN LATERAL (
     SELECT y.n, y.recipients_selected_at FROM rights_request_subjects AS y
     WHERE y.tenant_id = $1 AND y.request_id = t.r AND y.subject_ref = t.s
