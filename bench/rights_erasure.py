@@ -20,11 +20,7 @@ directory, notifier, sender), then:
    here) and an e-mail address per subject through the preferences API (`PUT
    /v1/subjects/{id}/contact`: a subject row and its data key), both closed loop over
    `--seed-concurrency` connections; the preferences service's consent follower copies the
-   consents. Then the bench waits until every outbox is published and the services are idle,
-   and vacuums and analyzes every service's database (`VACUUM (ANALYZE)`, as pgbench does
-   before a run; `--no-vacuum` leaves it out), so that (a) does not share the machine with
-   autovacuum catching up on the seeding, and no measurement starts from statistics that
-   predate a hundred thousand new rows.
+   consents. Then the bench waits until every outbox is published and the services are idle.
 3. **Recipients** registered through the subprocessors API (`POST /v1/recipients`, loopback
    webhook URLs); their endpoints are served by this process (`bench.webhook_receivers`:
    every request verified with `standardwebhooks`, answered with a signed acknowledgement).
@@ -129,7 +125,6 @@ class Options:
     skip_bulk: bool = False  # leave out (b)
     results_dir: Path = RESULTS
     keep_logs: bool = False
-    vacuum: bool = True  # VACUUM (ANALYZE) every database after seeding
 
 
 QUICK: dict[str, Any] = {"duration": 5.0, "warmup": 20, "bulk_subjects": 5_000}
@@ -335,20 +330,7 @@ async def seed(
         "held_s": round(held_s, 1),
         "settled_s": round(held_s + settled, 1),
         "held": held,
-        "vacuumed_s": await vacuum(stack) if opts.vacuum else None,
     }
-
-
-async def vacuum(stack: DevStack) -> float:
-    """`VACUUM (ANALYZE)` every service's database, as its owner; return the seconds."""
-    started = time.perf_counter()
-    for service in SERVICES:
-        conn = await asyncpg.connect(stack.database_dsn(service.name))
-        try:
-            await conn.execute("VACUUM (ANALYZE)")
-        finally:
-            await conn.close()
-    return round(time.perf_counter() - started, 1)
 
 
 async def _count(stack: DevStack, service: str, tenant_id: str, sql: str) -> int:
@@ -1002,11 +984,6 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--skip-bulk", action="store_true", help="leave out (b)")
     parser.add_argument("--results-dir", type=Path, default=d.results_dir)
     parser.add_argument("--keep-logs", action="store_true")
-    parser.add_argument(
-        "--no-vacuum",
-        action="store_true",
-        help="do not VACUUM (ANALYZE) the databases after seeding (as pgbench -n)",
-    )
     args = parser.parse_args(argv)
     base = dataclasses.replace(d, **QUICK) if args.quick else d
     duration = base.duration if args.duration is None else args.duration
@@ -1028,7 +1005,6 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         skip_bulk=args.skip_bulk,
         results_dir=args.results_dir,
         keep_logs=args.keep_logs,
-        vacuum=not args.no_vacuum,
         duration=duration,
         warmup=warmup,
         bulk_subjects=bulk,

@@ -100,13 +100,7 @@ def markdown(results: dict[str, Any], level: int = 1) -> str:
         f"{seeding['consents_per_s']:,.0f}/s) and an e-mail address (preferences API, "
         f"{seeding['contacts_per_s']:,.0f}/s); both services held "
         f"them after {seeding['held_s']:,.0f} s, the stack was idle after "
-        f"{seeding['settled_s']:,.0f} s"
-        + (
-            f"; every database was then vacuumed and analyzed (`VACUUM (ANALYZE)`, as pgbench "
-            f"does before a run) in {seeding['vacuumed_s']:,.1f} s."
-            if seeding.get("vacuumed_s") is not None
-            else "; the databases were not vacuumed after it (`--no-vacuum`)."
-        ),
+        f"{seeding['settled_s']:,.0f} s.",
         "",
         "The idle stack (before any request) uses, in % of one core: "
         f"{_cpu(results['idle_cpu_percent_of_one_core'])}.",
