@@ -70,20 +70,25 @@ DEAD_LETTERED = "dead-lettered"
 # each row through the primary key (the conflict), where an UPDATE ... FROM joined to the
 # batch could again scan the table, and did (a plan that read 250,000 rows for 500).
 # Statistics still matter for the lookups themselves: see migration 0014.
-_RECORD_COMPLETIONS = """
+#
+# `_SUBJECT`: the answer's subject (t.r, t.s) as `k`, that lookup; no row for a subject the
+# request does not cover (an unknown request's), so its answer is passed over.
+_SUBJECT = """CROSS JOIN LATERAL (
+    SELECT subj.n, subj.recipients_selected_at, subj.done_at
+    FROM rights_request_subjects AS subj
+    WHERE subj.tenant_id = $1 AND subj.request_id = t.r AND subj.subject_ref = t.s LIMIT 1
+) AS k"""
+_RECORD_COMPLETIONS = f"""
 INSERT INTO rights_subject_services (tenant_id, request_id, subject_ref, service, completed_at,
                                      erased, sealed_part)
 SELECT $1, t.r, t.s, t.sv, t.at, ARRAY(SELECT jsonb_array_elements_text(t.e)), t.p
 FROM unnest($2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::jsonb[], $7::bytea[])
          AS t(r, s, sv, at, e, p)
-CROSS JOIN LATERAL (
-    SELECT 1 FROM rights_request_subjects AS x
-    WHERE x.tenant_id = $1 AND x.request_id = t.r AND x.subject_ref = t.s LIMIT 1
-) AS known
+{_SUBJECT}
 ORDER BY t.r, t.s, t.sv
 ON CONFLICT DO NOTHING
 RETURNING request_id, subject_ref, service, completed_at, erased
-"""
+"""  # noqa: S608 - constant fragments
 _ADD_SERVICE_TOTALS = """
 INSERT INTO rights_request_services AS a (tenant_id, request_id, service, subjects, erased,
                                           first_completed_at, last_completed_at)
@@ -97,47 +102,38 @@ ON CONFLICT (tenant_id, request_id, service) DO UPDATE SET
     first_completed_at = least(a.first_completed_at, EXCLUDED.first_completed_at),
     last_completed_at = greatest(a.last_completed_at, EXCLUDED.last_completed_at)
 """
-_MARK_SELECTED = """
+_MARK_SELECTED = f"""
 INSERT INTO rights_request_subjects AS x (tenant_id, request_id, n, subject_ref,
                                           recipients_selected_at)
 SELECT $1, t.r, k.n, t.s, t.at
 FROM unnest($2::uuid[], $3::text[], $4::timestamptz[]) AS t(r, s, at)
-CROSS JOIN LATERAL (
-    SELECT y.n FROM rights_request_subjects AS y
-    WHERE y.tenant_id = $1 AND y.request_id = t.r AND y.subject_ref = t.s LIMIT 1
-) AS k
+{_SUBJECT}
 ORDER BY t.r, k.n
 ON CONFLICT (tenant_id, request_id, n) DO UPDATE
     SET recipients_selected_at = EXCLUDED.recipients_selected_at
     WHERE x.recipients_selected_at IS NULL
 RETURNING x.request_id, x.subject_ref
-"""
-_SELECT_RECIPIENTS = """
+"""  # noqa: S608 - constant fragments
+_SELECT_RECIPIENTS = f"""
 INSERT INTO rights_subject_recipients AS y (tenant_id, request_id, subject_ref, recipient_id,
                                             state, selected_at)
 SELECT $1, t.r, t.s, t.rc, 'pending', t.at
 FROM unnest($2::uuid[], $3::text[], $4::text[], $5::timestamptz[]) AS t(r, s, rc, at)
-CROSS JOIN LATERAL (
-    SELECT 1 FROM rights_request_subjects AS x
-    WHERE x.tenant_id = $1 AND x.request_id = t.r AND x.subject_ref = t.s LIMIT 1
-) AS known
+{_SUBJECT}
 ORDER BY t.r, t.s, t.rc
 ON CONFLICT (tenant_id, request_id, subject_ref, recipient_id) DO UPDATE
     SET selected_at = EXCLUDED.selected_at
     WHERE y.selected_at IS NULL
 RETURNING request_id, subject_ref, recipient_id
-"""
-_RESOLVE_RECIPIENTS = """
+"""  # noqa: S608 - constant fragments
+_RESOLVE_RECIPIENTS = f"""
 INSERT INTO rights_subject_recipients AS y (tenant_id, request_id, subject_ref, recipient_id,
                                             state, resolved_at, webhook_id, first_sent_at,
                                             attempts, last_error)
 SELECT $1, t.r, t.s, t.rc, t.st, t.at, t.w, t.f, t.a, t.e
 FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[],
             $8::timestamptz[], $9::int[], $10::text[]) AS t(r, s, rc, st, at, w, f, a, e)
-CROSS JOIN LATERAL (
-    SELECT 1 FROM rights_request_subjects AS x
-    WHERE x.tenant_id = $1 AND x.request_id = t.r AND x.subject_ref = t.s LIMIT 1
-) AS known
+{_SUBJECT}
 ORDER BY t.r, t.s, t.rc
 ON CONFLICT (tenant_id, request_id, subject_ref, recipient_id) DO UPDATE SET
     state = EXCLUDED.state, resolved_at = EXCLUDED.resolved_at,
@@ -145,7 +141,7 @@ ON CONFLICT (tenant_id, request_id, subject_ref, recipient_id) DO UPDATE SET
     attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error
     WHERE y.state = 'pending'
 RETURNING request_id, subject_ref, recipient_id, state, resolved_at
-"""
+"""  # noqa: S608 - constant fragments
 _ADD_RECIPIENT_TOTALS = """
 INSERT INTO rights_request_recipients AS a (tenant_id, request_id, recipient_id, selected,
                                             acknowledged, dead_lettered, first_acknowledged_at,
@@ -164,7 +160,7 @@ ON CONFLICT (tenant_id, request_id, recipient_id) DO UPDATE SET
 """
 # The touched subjects that now have every answer their request waits for (index lookups
 # per touched subject: its service reports and its pending recipients).
-_MARK_DONE = """
+_MARK_DONE = f"""
 INSERT INTO rights_request_subjects AS x (tenant_id, request_id, n, subject_ref, done_at)
 SELECT $1, t.r, k.n, t.s, $4
 FROM unnest($2::uuid[], $3::text[]) AS t(r, s)
@@ -172,13 +168,9 @@ CROSS JOIN LATERAL (
     SELECT expected_services, await_recipients FROM rights_requests
     WHERE tenant_id = $1 AND id = t.r LIMIT 1
 ) AS q
-CROSS JOIN LATERAL (
-    SELECT y.n, y.recipients_selected_at FROM rights_request_subjects AS y
-    WHERE y.tenant_id = $1 AND y.request_id = t.r AND y.subject_ref = t.s
-      AND y.done_at IS NULL
-    LIMIT 1
-) AS k
-WHERE (SELECT count(*) FROM rights_subject_services AS v
+{_SUBJECT}
+WHERE k.done_at IS NULL
+  AND (SELECT count(*) FROM rights_subject_services AS v
        WHERE v.tenant_id = $1 AND v.request_id = t.r AND v.subject_ref = t.s
          AND v.service = ANY(q.expected_services)) = cardinality(q.expected_services)
   AND (NOT q.await_recipients OR (k.recipients_selected_at IS NOT NULL AND NOT EXISTS (
@@ -189,7 +181,7 @@ ORDER BY t.r, k.n
 ON CONFLICT (tenant_id, request_id, n) DO UPDATE SET done_at = EXCLUDED.done_at
     WHERE x.done_at IS NULL
 RETURNING x.request_id
-"""
+"""  # noqa: S608 - constant fragments
 # The requests' counters live in their own rows (migration 0013): the `rights` worker holds
 # a request's row locked while it fans out a chunk, and these updates need not wait for it.
 _ADD_REQUEST_TOTALS = """
