@@ -9,14 +9,14 @@ from collections.abc import Sequence
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from consentry.eventing import catalogue, kafka, topics
 from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection
 from consentry.eventing.envelope import Event, ReceivedEvent, encode
 from consentry.eventing.settings import KafkaSettings
-from consentry.eventing.testing import collect, consent_event, header
+from consentry.eventing.testing import as_polled, collect, consent_event, header
 
 from .conftest import TEST_CONSUMER
 
@@ -261,3 +261,58 @@ async def test_events_of_types_it_does_not_accept_are_passed_over_unread(
     )
     # Dead letters keep partition order: the record passed over would have come first.
     assert [header(r, "dlq.reason") for r in dead] == ["missing-headers"]
+
+
+async def test_a_polls_partitions_are_applied_in_one_transaction_on_both_paths(
+    pool: asyncpg.Pool, event_topics: str
+) -> None:
+    """What one poll returned from several partitions is applied in one transaction: one
+    batch-handler call; refused, record by record, still in that one transaction, the
+    refused record dead-lettered."""
+    await pool.execute(
+        "CREATE TABLE effects (event_id text, subject text, version bigint,"
+        " tx bigint NOT NULL DEFAULT txid_current(), CHECK (version <> 3))"
+    )
+    tenant = str(uuid.uuid4())
+    first = [consent_event(tenant, uuid.uuid4().hex, 1) for _ in range(3)]
+    # The second poll: its middle record's effect is refused (version 3).
+    second = [consent_event(tenant, uuid.uuid4().hex, version) for version in (1, 3, 2)]
+    producer = AIOKafkaProducer(bootstrap_servers=event_topics, acks="all")
+    kafka_consumer = kafka.consumer(
+        KafkaSettings(kafka_bootstrap_servers=event_topics), "g-unused", topics.CONSENT
+    )
+    await producer.start()
+    effects = Effects()
+    consumer = EventConsumer(
+        TEST_CONSUMER, kafka_consumer, producer, pool, effects.one, batch_handler=effects.many
+    )
+    try:
+        for events in (first, second):
+            poll = {
+                TopicPartition(topics.CONSENT, partition): [
+                    as_polled(event, partition=partition, offset=7)
+                ]
+                for partition, event in enumerate(events)
+            }
+            await consumer._process(poll)
+    finally:
+        await producer.stop()
+        await kafka_consumer.stop()
+
+    assert effects.batches[0] == [event.id for event in first]  # one call for three partitions
+    rows = await pool.fetch("SELECT event_id, tx FROM effects")
+    tx = {row["event_id"]: row["tx"] for row in rows}
+    assert set(tx) == {first[0].id, first[1].id, first[2].id, second[0].id, second[2].id}
+    assert len({tx[event.id] for event in first}) == 1
+    assert consumer.batch_fallbacks == 1
+    assert effects.single == [second[0].id, second[1].id, second[2].id]
+    assert tx[second[0].id] == tx[second[2].id] != tx[first[0].id]
+    key = second[1].key
+    (dead,) = await collect(
+        event_topics,
+        consumer.dead_letter_topic,
+        lambda kept: len(kept) >= 1,
+        keep=lambda r: r.key == key,
+    )
+    assert header(dead, "dlq.reason") == "rejected-by-database"
+    assert header(dead, "dlq.partition") == "1"

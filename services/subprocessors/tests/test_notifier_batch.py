@@ -15,7 +15,8 @@ from aiokafka import ConsumerRecord
 
 from consentry.eventing import catalogue, kafka
 from consentry.eventing.db import create_pool
-from consentry.eventing.envelope import Event, encode
+from consentry.eventing.envelope import Event
+from consentry.eventing.testing import as_polled
 from consentry.subprocessors.deliveries.service import NoticeOptions
 from consentry.subprocessors.notifier.worker import NoticeProcessor
 from consentry.subprocessors.settings import NotifierSettings
@@ -31,25 +32,7 @@ from .conftest import (
 
 def _records(events: Sequence[Event]) -> list[ConsumerRecord[bytes, bytes]]:
     """The events as the notifier's agent hands them over (offsets in order)."""
-    records = []
-    for offset, event in enumerate(events):
-        record = encode(event)
-        records.append(
-            ConsumerRecord(
-                topic=record.topic,
-                partition=0,
-                offset=offset,
-                timestamp=0,
-                timestamp_type=0,
-                key=record.key,
-                value=record.value,
-                checksum=None,
-                serialized_key_size=len(record.key or b""),
-                serialized_value_size=len(record.value),
-                headers=list(record.headers),
-            )
-        )
-    return records
+    return [as_polled(event, partition=0, offset=offset) for offset, event in enumerate(events)]
 
 
 @pytest_asyncio.fixture

@@ -1,22 +1,25 @@
 """A Kafka consumer loop that applies events effectively once and dead-letters poison.
 
-For each batch fetched from one partition the loop opens one database transaction; every
-record gets a savepoint in which `inbox.claim` and the handler's effect run together. A record
-that cannot be decoded, that the handler rejects with `PoisonMessage`, or whose effect the
-database refuses as invalid data (a data or integrity error: it would fail the same way on
-every retry) is rolled back to its savepoint and sent to the consumer's dead-letter topic with
-the reason in headers; the partition keeps moving. The transaction commits, and only then the
-Kafka offsets. A transient error (database or broker unreachable, a deadlock) rolls the batch
-back and retries the same batch with backoff: nothing is skipped, and redelivery is harmless
-because of the inbox. Any other exception is a bug: it stops the consumer loudly.
+For each poll (the records of every partition it returned) the loop opens one database
+transaction; every record gets a savepoint in which `inbox.claim` and the handler's effect
+run together. A record that cannot be decoded, that the handler rejects with
+`PoisonMessage`, or whose effect the database refuses as invalid data (a data or integrity
+error: it would fail the same way on every retry) is rolled back to its savepoint and sent
+to the consumer's dead-letter topic with the reason in headers, in its partition's order;
+the partition keeps moving. The transaction commits, and only then the Kafka offsets. A
+transient error (database or broker unreachable, a deadlock) rolls the poll back and retries
+the same records with backoff: nothing is skipped, and redelivery is harmless because of
+the inbox. Any other exception is a bug: it stops the consumer loudly. (A transaction per
+partition cost a commit and a round of statements for each: a poll of the rights tracker
+spreads over 12 partitions.)
 
-With a `batch_handler` the records of a batch are applied in one go instead: all are
+With a `batch_handler` the records of a poll are applied in one go instead: all are
 decoded first (poison set aside as above), the inbox rows of the decoded ones are claimed in
 one statement inside a savepoint, and the handler gets the events claimed now (each event id
-once, in partition order) in that same savepoint. If the database refuses any of it, or the
-handler raises `PoisonMessage`, the savepoint is rolled back and the batch goes through the
-per-record path above, which applies the good records and dead-letters the one at fault.
-Exactly-once, ordering and dead-lettering are therefore the same on both paths.
+once, each partition's in its order) in that same savepoint. If the database refuses any of
+it, or the handler raises `PoisonMessage`, the savepoint is rolled back and the poll goes
+through the per-record path above, which applies the good records and dead-letters the one
+at fault. Exactly-once, ordering and dead-lettering are therefore the same on both paths.
 
 A consumer that acts on only some of the event types of its topics says which (`accepts`):
 a record whose `ce_type` header names another known type is passed over before it is
@@ -210,6 +213,10 @@ class LogLossGuard:
         return fetched
 
 
+def _position(record: ConsumerRecord[bytes, bytes]) -> tuple[str, int, int]:
+    return record.topic, record.partition, record.offset
+
+
 async def send_dead_letter(
     producer: AIOKafkaProducer,
     consumer: str,
@@ -307,22 +314,22 @@ class EventConsumer:
             batches = await self.log_loss.poll(
                 self._consumer, timeout_ms=500, max_records=self._max_records
             )
-            for tp, records in batches.items():
-                while not stop.is_set():
-                    try:
-                        await self._process(tp, records)
-                        backoff = 0.2
-                        break
-                    except TRANSIENT_ERRORS as exc:
-                        log.warning("batch failed; retrying", consumer=self.name, error=repr(exc))
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, 5.0)
-                else:
-                    return
-            if batches:
-                offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
-                await self._commit(offsets)
-                self._measure_lag(offsets)
+            if not batches:
+                continue
+            while not stop.is_set():
+                try:
+                    await self._process(batches)
+                    backoff = 0.2
+                    break
+                except TRANSIENT_ERRORS as exc:
+                    log.warning("batch failed; retrying", consumer=self.name, error=repr(exc))
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+            else:
+                return
+            offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
+            await self._commit(offsets)
+            self._measure_lag(offsets)
 
     def _measure_lag(self, offsets: dict[TopicPartition, int]) -> None:
         measure_lag(self._consumer, self.name, offsets)
@@ -331,32 +338,34 @@ class EventConsumer:
         await commit_offsets(self._consumer, self.name, offsets)
 
     async def _process(
-        self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]
+        self, batches: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
     ) -> None:
+        """Apply one poll's records (of every partition it returned) in one transaction."""
         poison: list[tuple[ConsumerRecord[bytes, bytes], PoisonMessage]] = []
         decoded: list[tuple[ConsumerRecord[bytes, bytes], ReceivedEvent]] = []
-        for record in records:
-            headers = list(record.headers or ())
-            if self._accepts is not None and not_for(self._accepts, headers):
-                self.skipped += 1
-                continue
-            try:
-                decoded.append((record, decode(record.key, record.value, headers)))
-            except PoisonMessage as error:
-                poison.append((record, error))
+        for records in batches.values():
+            for record in records:
+                headers = list(record.headers or ())
+                if self._accepts is not None and not_for(self._accepts, headers):
+                    self.skipped += 1
+                    continue
+                try:
+                    decoded.append((record, decode(record.key, record.value, headers)))
+                except PoisonMessage as error:
+                    poison.append((record, error))
         if not decoded and not poison:
             return  # nothing here for this consumer: no transaction
         applied: list[ReceivedEvent] = []
         async with self._pool.acquire() as conn, conn.transaction():
             if self._batch_handler is None or not await self._apply_batch(
-                conn, self._batch_handler, tp, decoded, applied
+                conn, self._batch_handler, decoded, applied
             ):
                 await self._apply_each(conn, decoded, applied, poison)
             if applied and self._on_batch_end is not None:
                 await self._on_batch_end(conn, applied)
             # Dead letters are acknowledged before the effects commit: a crash in between
             # re-sends a dead letter (harmless) rather than losing one.
-            for rejected, reason in sorted(poison, key=lambda item: item[0].offset):
+            for rejected, reason in sorted(poison, key=lambda item: _position(item[0])):
                 await self._dead_letter(rejected, reason)
         metrics.observe_propagation(self.name, ((event.type.name, event.time) for event in applied))
 
@@ -389,7 +398,6 @@ class EventConsumer:
         self,
         conn: Connection,
         batch_handler: BatchHandler,
-        tp: TopicPartition,
         decoded: Sequence[tuple[ConsumerRecord[bytes, bytes], ReceivedEvent]],
         applied: list[ReceivedEvent],
     ) -> bool:
@@ -407,8 +415,7 @@ class EventConsumer:
             log.warning(
                 "batch refused; applying its records one by one",
                 consumer=self.name,
-                topic=tp.topic,
-                partition=tp.partition,
+                records=len(decoded),
                 error=type(error).__name__,
             )
             self.batch_fallbacks += 1

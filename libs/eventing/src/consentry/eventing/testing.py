@@ -66,6 +66,24 @@ async def collect(
     return kept
 
 
+def as_polled(event: Event, *, partition: int, offset: int) -> Record:
+    """`event` as a consumer's poll returns it from `partition` at `offset`."""
+    record = encode(event)
+    return ConsumerRecord(
+        topic=record.topic,
+        partition=partition,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=record.key,
+        value=record.value,
+        checksum=None,
+        serialized_key_size=len(record.key or b""),
+        serialized_value_size=len(record.value),
+        headers=list(record.headers),
+    )
+
+
 def header(record: Record, name: str) -> str:
     """A record header's value as text ('' when absent)."""
     for key, value in record.headers or ():
