@@ -56,6 +56,11 @@ WHERE published_at IS NOT NULL AND created_at >= $1
 _BACKLOG = """
 SELECT count(*) AS rows, min(created_at) AS oldest FROM eventing_outbox WHERE published_at IS NULL
 """
+# The backlog is read through the partial index of unpublished rows, never by reading the
+# table: with statistics taken during a burst (most rows unpublished then) PostgreSQL
+# judged a sequential scan cheaper and read every retained row, once a second (the audit
+# relay: 41 scans, 31 million rows, in one bulk erasure of bench.rights_erasure).
+_INDEX_READS_ONLY = "SET LOCAL enable_seqscan = off"
 
 
 @dataclass(frozen=True)
@@ -105,8 +110,11 @@ async def replay(conn: Connection, since: datetime) -> int:
 
 
 async def backlog(conn: Connection) -> tuple[int, float]:
-    """Unpublished rows and the age in seconds of the oldest one."""
-    row = await conn.fetchrow(_BACKLOG)
+    """Unpublished rows and the age in seconds of the oldest one (in a transaction of its
+    own: call it outside one)."""
+    async with conn.transaction():
+        await conn.execute(_INDEX_READS_ONLY)
+        row = await conn.fetchrow(_BACKLOG)
     assert row is not None
     age = 0.0 if row["oldest"] is None else max(0.0, time.time() - row["oldest"].timestamp())
     return int(row["rows"]), age
