@@ -119,14 +119,23 @@ async def test_a_batch_of_answers_looks_its_subjects_up_by_index(
     client: httpx.AsyncClient, pool: Pool, db: asyncpg.Connection
 ) -> None:
     """The tracker's statements for 500 answers of a 20,000-subject request, planned with
-    statistics that know the table's size: every read of the subjects is an index lookup.
-    Joined plainly to the batch, PostgreSQL read all of them for each batch instead."""
+    statistics that know the tables' sizes: every read of the subjects, and of their
+    pending recipients, is an index lookup. Joined plainly to the batch (or as an
+    anti-join), PostgreSQL read all of them for each batch instead."""
     filed = await file(
         client, kind="erasure", requester="tenant", subject_ids=[f"p{n}" for n in range(20000)]
     )
     request_id = uuid.UUID(filed["id"])
-    refs = (await refs_of(db, filed["id"]))[:500]
-    requests, now = [request_id] * len(refs), datetime.now(UTC)
+    every = await refs_of(db, filed["id"])
+    refs, now = every[:500], datetime.now(UTC)
+    requests = [request_id] * len(refs)
+    async with pool.acquire() as conn, conn.transaction():  # a recipient pending for each
+        await set_tenant(conn, TENANT_ID)
+        n = len(every)
+        await conn.execute(
+            tracker._SELECT_RECIPIENTS, TENANT_ID, [request_id] * n, every, ["r"] * n, [now] * n
+        )
+    await db.execute("ANALYZE rights_subject_recipients")
     statements = {
         "_RECORD_COMPLETIONS": (
             tracker._RECORD_COMPLETIONS,
@@ -164,6 +173,14 @@ async def test_a_batch_of_answers_looks_its_subjects_up_by_index(
                 reads = scans_of(plan["Plan"], "rights_request_subjects")
                 assert reads, name
                 assert set(reads) <= {"Index Scan", "Index Only Scan"}, (name, reads)
+            [plan] = json.loads(
+                await conn.fetchval(
+                    "EXPLAIN (FORMAT JSON) " + tracker._MARK_DONE, TENANT_ID, requests, refs, now
+                )
+            )
+            reads = scans_of(plan["Plan"], "rights_subject_recipients")
+            assert reads
+            assert set(reads) <= {"Index Scan", "Index Only Scan"}, reads
 
 
 async def test_an_erasure_completes_when_every_service_and_recipient_answered(

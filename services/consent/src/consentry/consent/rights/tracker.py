@@ -159,7 +159,10 @@ ON CONFLICT (tenant_id, request_id, recipient_id) DO UPDATE SET
     last_dead_lettered_at = greatest(a.last_dead_lettered_at, EXCLUDED.last_dead_lettered_at)
 """
 # The touched subjects that now have every answer their request waits for (index lookups
-# per touched subject: its service reports and its pending recipients).
+# per touched subject: its service reports and its pending recipients). Both are counted in
+# scalar subqueries: PostgreSQL makes a NOT EXISTS an anti-join, and hashed all of
+# rights_subject_recipients for it whenever that looked cheaper (110 scans, 7.9 million
+# rows, in one 100,000-subject bench).
 _MARK_DONE = f"""
 INSERT INTO rights_request_subjects AS x (tenant_id, request_id, n, subject_ref, done_at)
 SELECT $1, t.r, k.n, t.s, $4
@@ -173,10 +176,10 @@ WHERE k.done_at IS NULL
   AND (SELECT count(*) FROM rights_subject_services AS v
        WHERE v.tenant_id = $1 AND v.request_id = t.r AND v.subject_ref = t.s
          AND v.service = ANY(q.expected_services)) = cardinality(q.expected_services)
-  AND (NOT q.await_recipients OR (k.recipients_selected_at IS NOT NULL AND NOT EXISTS (
-       SELECT 1 FROM rights_subject_recipients AS y
+  AND (NOT q.await_recipients OR (k.recipients_selected_at IS NOT NULL AND (
+       SELECT count(*) FROM rights_subject_recipients AS y
        WHERE y.tenant_id = $1 AND y.request_id = t.r AND y.subject_ref = t.s
-         AND y.state = 'pending')))
+         AND y.state = 'pending') = 0))
 ORDER BY t.r, k.n
 ON CONFLICT (tenant_id, request_id, n) DO UPDATE SET done_at = EXCLUDED.done_at
     WHERE x.done_at IS NULL
