@@ -129,16 +129,16 @@ class RightsTrackerSettings(DatabaseSettings, KafkaSettings, MasterKeySettings):
         default="consent-rights-tracker", pattern=r"^[a-z][a-z0-9-]{0,62}$"
     )
     # A poll's records are spread over the partitions of both topics (12 in the dev
-    # stack), each partition's share applied in a transaction of its own: 2,000 records a
-    # poll make batches of about 170 answers per partition in a bulk erasure. Measured
-    # (bench.rights_erasure (b), 20,000 subjects): the tracker finished 1.6 s after the last
-    # webhook with 2,000, 4.7 s with 500. (2,000 was slower before the tracker's lookups
-    # became LATERAL ones: PostgreSQL planned its bigger batches as hash joins that read
-    # rights_request_subjects sequentially, 44 million rows in one 100,000-subject (b).)
+    # stack) and applied in one transaction (`EventConsumer`). Measured
+    # (bench.rights_erasure (b), 20,000 subjects, when each partition's share still had a
+    # transaction of its own): the tracker finished 1.6 s after the last webhook with 2,000,
+    # 4.7 s with 500. (2,000 was slower before the tracker's lookups became LATERAL ones:
+    # PostgreSQL planned its bigger batches as hash joins that read rights_request_subjects
+    # sequentially, 44 million rows in one 100,000-subject (b).)
     rights_tracker_max_records: int = Field(
         default=2000,
         ge=1,
         le=100_000,
-        description="records fetched per poll across partitions (each partition's share is "
-        "applied in one transaction, then the offsets are committed once)",
+        description="records fetched per poll across partitions (applied in one "
+        "transaction, then the offsets are committed once)",
     )
