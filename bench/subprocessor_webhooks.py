@@ -92,7 +92,7 @@ def _service() -> Service:
     return Service(
         name="subprocessors",
         database="consentry_subprocessors",
-        topics=(topics.RIGHTS, topics.CONSENT, topics.SUBPROCESSOR, DLQ),
+        topics=(topics.RIGHTS, topics.RIGHTS_ANSWERS, topics.CONSENT, topics.SUBPROCESSOR, DLQ),
         migrate=(sys.executable, "-m", "consentry.subprocessors", "migrate"),
         processes=(),
         app_role=AppRole(login=APP_ROLE, member_of=GROUP_ROLE),

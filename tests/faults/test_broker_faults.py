@@ -116,13 +116,14 @@ async def test_duplicate_delivery_has_no_second_effect(
         await load.run_for(form.before_fault)
         await load.wait_accepted(10)
     # Let the first deliveries land, then deliver every consumed record of the consent and
-    # rights topics again, byte for byte.
+    # rights topics (requests and answers) again, byte for byte.
     settled = await recover(fault_stack, load, "settle", time.monotonic(), record=False)
     assert settled.ok, settled.failures
     hooks_before = {d.webhook_id for d in registered_sink.deliveries}
     again = [
         *await _records(fault_stack, topics.CONSENT, 1),
         *await _records(fault_stack, topics.RIGHTS, 1),
+        *await _records(fault_stack, topics.RIGHTS_ANSWERS, 1),
     ]
     fault_at = time.monotonic()
     await _produce(

@@ -96,6 +96,15 @@ async def test_erasure_deletes_consents_own_data_and_fans_out_every_subject(
     completed = await outbox_events(db, catalogue.ERASURE_COMPLETED)
     assert [e.subject_ref for e in requested] == [alice, nobody]
     assert [e.subject_ref for e in completed] == [alice, nobody]
+    # Requests and answers on topics of their own (ADR 0014).
+    queued = await db.fetch(
+        "SELECT DISTINCT event_type, topic FROM eventing_outbox WHERE event_type LIKE $1",
+        "consentry.rights.%",
+    )
+    assert {(r["event_type"], r["topic"]) for r in queued} == {
+        (catalogue.ERASURE_REQUESTED.name, "consentry.rights.v1"),
+        (catalogue.ERASURE_COMPLETED.name, "consentry.rights.answers.v1"),
+    }
     row = await db.fetchrow("SELECT * FROM rights_requests WHERE id = $1", uuid.UUID(filed["id"]))
     assert row is not None
     for event in requested:

@@ -449,6 +449,7 @@ async def rights_topics(kafka_bootstrap: str) -> str:
         kafka_bootstrap,
         [
             TopicSpec(topics.RIGHTS),
+            TopicSpec(topics.RIGHTS_ANSWERS),
             TopicSpec(topics.SUBPROCESSOR),
             TopicSpec(topics.dead_letter_topic("consent-rights-tracker"), partitions=1),
         ],

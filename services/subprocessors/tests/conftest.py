@@ -321,7 +321,16 @@ async def notifier_topics(kafka_bootstrap: str) -> str:
     """The notifier's topics exist on the session's broker; its bootstrap servers."""
     await create_topics(
         kafka_bootstrap,
-        [TopicSpec(name) for name in (topics.RIGHTS, topics.CONSENT, topics.SUBPROCESSOR, DLQ)],
+        [
+            TopicSpec(name)
+            for name in (
+                topics.RIGHTS,
+                topics.RIGHTS_ANSWERS,
+                topics.CONSENT,
+                topics.SUBPROCESSOR,
+                DLQ,
+            )
+        ],
     )
     return kafka_bootstrap
 

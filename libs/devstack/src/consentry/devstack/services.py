@@ -90,6 +90,7 @@ SERVICES: tuple[Service, ...] = (
             topics.CONSENT_INTAKE,
             topics.TENANT,
             topics.RIGHTS,
+            topics.RIGHTS_ANSWERS,
             topics.dead_letter_topic("consent-intake"),
             topics.dead_letter_topic("consent-rights-tracker"),
         ),

@@ -313,7 +313,7 @@ ERASURE_REQUESTED = EventType(
 )
 ERASURE_COMPLETED = EventType(
     "consentry.rights.erasure_completed.v1",
-    topics.RIGHTS,
+    topics.RIGHTS_ANSWERS,
     rights_pb2.ErasureCompleted,
     _check_subject_request,
 )
@@ -325,7 +325,7 @@ ACCESS_REQUESTED = EventType(
 )
 ACCESS_PART_READY = EventType(
     "consentry.rights.access_part_ready.v1",
-    topics.RIGHTS,
+    topics.RIGHTS_ANSWERS,
     rights_pb2.AccessPartReady,
     _check_subject_request,
 )

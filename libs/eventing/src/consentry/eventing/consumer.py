@@ -23,9 +23,9 @@ at fault. Exactly-once, ordering and dead-lettering are therefore the same on bo
 
 A consumer that acts on only some of the event types of its topics says which (`accepts`):
 a record whose `ce_type` header names another known type is passed over before it is
-decoded, with no transaction and no inbox row (on `consentry.rights.v1` a bulk erasure
-interleaves every request with three answers, which the services answering requests would
-otherwise decode and claim for nothing). It is not this consumer's to dead-letter either:
+decoded, with no transaction and no inbox row (the rights tracker reads the requests on
+`consentry.rights.v1` for the answers published there before ADR 0014, and passes them
+over). It is not this consumer's to dead-letter either:
 the consumers that act on that type do. A record whose type cannot be told from its headers
 is decoded, and dead-lettered if it is unusable, as before.
 

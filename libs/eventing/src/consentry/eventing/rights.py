@@ -1,9 +1,9 @@
-"""A service's answers to rights requests on `consentry.rights.v1` (docs/rights-requests.md):
-`ErasureCompleted{service}` (what it erased for one subject of an erasure request) and
-`AccessPartReady{service}` (its part of one subject's access export, sealed to the request's
-X25519 key with `consentry.eventing.sealing.seal_part`). Each is queued through the outbox
-in the transaction of the service's own work; the consent service's rights tracker waits
-for one answer per expected service and subject.
+"""A service's answers to rights requests on `consentry.rights.answers.v1`
+(docs/rights-requests.md): `ErasureCompleted{service}` (what it erased for one subject of an
+erasure request) and `AccessPartReady{service}` (its part of one subject's access export,
+sealed to the request's X25519 key with `consentry.eventing.sealing.seal_part`). Each is
+queued through the outbox in the transaction of the service's own work; the consent
+service's rights tracker waits for one answer per expected service and subject.
 """
 
 from __future__ import annotations

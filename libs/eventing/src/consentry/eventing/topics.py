@@ -14,8 +14,12 @@ TENANT = "consentry.tenant.v1"
 PREFERENCES = "consentry.preferences.v1"
 # The marketing-list processor's events for sending platforms (suppressions).
 LISTS = "consentry.lists.v1"
-# Rights requests (erasure, access, ...): fan-out to every service and their answers.
+# Rights requests (erasure, access, ...): the fan-out to every service, deadlines, closing.
 RIGHTS = "consentry.rights.v1"
+# The services' answers to rights requests (erased, export part ready), read by the consent
+# service's rights tracker: apart from the requests, so that the services answering requests
+# read one record per subject, not four (ADR 0014).
+RIGHTS_ANSWERS = "consentry.rights.answers.v1"
 # Deliveries to subprocessors (recipients) and their acknowledgements.
 SUBPROCESSOR = "consentry.subprocessor.v1"
 

@@ -35,6 +35,7 @@ AUDITED_TOPICS = (
     topics.PREFERENCES,
     topics.LISTS,
     topics.RIGHTS,
+    topics.RIGHTS_ANSWERS,
     topics.SUBPROCESSOR,
 )
 log = get_logger(__name__)

@@ -1,4 +1,5 @@
-"""Mapping of rights requests to their protobuf events (topic `consentry.rights.v1`).
+"""Mapping of rights requests to their protobuf events (topic `consentry.rights.v1`; the
+consent service's own answers on `consentry.rights.answers.v1`).
 
 Per-subject events (ErasureRequested, ErasureCompleted, AccessRequested) have the subject's
 key `<tenant>/<subject_ref>`, so they are in order with the subject's other events;

@@ -1,8 +1,9 @@
 """The `rights-tracker` worker: records each service's and recipient's answer to an erasure
 request and completes the request when every subject has all of them.
 
-It is an `EventConsumer` (inbox + dead letters) over `consentry.rights.v1` and
-`consentry.subprocessor.v1` with a batch handler; per subject of a request it records
+It is an `EventConsumer` (inbox + dead letters) over `consentry.rights.answers.v1` and
+`consentry.subprocessor.v1` (and `consentry.rights.v1`: `TOPICS`) with a batch handler;
+per subject of a request it records
 
 - `ErasureCompleted{service}` of every internal service (the consent service's own too), or,
   for an access request, its `AccessPartReady{service}` (the sealed part is kept as it came),
@@ -58,6 +59,10 @@ ANSWERS = (
     catalogue.DELIVERY_ACKNOWLEDGED,
     catalogue.DELIVERY_DEAD_LETTERED,
 )
+# The answers' topics; and `consentry.rights.v1`, where the services published their answers
+# before ADR 0014 (those still in an outbox or on the topic at an upgrade count as well):
+# its requests are passed over unread.
+TOPICS = (topics.RIGHTS_ANSWERS, topics.SUBPROCESSOR, topics.RIGHTS)
 ACKNOWLEDGED = "acknowledged"
 DEAD_LETTERED = "dead-lettered"
 
@@ -553,7 +558,7 @@ async def run_rights_tracker(settings: RightsTrackerSettings, stop: asyncio.Even
     pool = await create_pool(settings, custom_plans=True)
     group = settings.rights_tracker_group_id
     producer = kafka.producer(settings, f"-{group}-dlq")
-    consumer = kafka.consumer(settings, group, topics.RIGHTS, topics.SUBPROCESSOR)
+    consumer = kafka.consumer(settings, group, *TOPICS)
     await producer.start()
     await consumer.start()
     try:

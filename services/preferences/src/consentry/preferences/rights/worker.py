@@ -174,9 +174,9 @@ class RightsHandler:
         else one by one, in order. A subject named twice in a run is erased by the first
         event; the later one reports that nothing was left, as it would one at a time.
 
-        Events with no effect here (the other services' answers, which share the requests'
-        partitions: a bulk erasure interleaves each request with three answers) are dropped
-        first, so that they do not cut a run into runs of one."""
+        Events with no effect here (the consumer's `accepts` passes over the types it does
+        not act on; deadlines and closings share the requests' topic) are dropped first, so
+        that they do not cut a run into runs of one."""
         events = [event for event in events if isinstance(event.message, _ACTED_ON)]
         at = 0
         while at < len(events):
