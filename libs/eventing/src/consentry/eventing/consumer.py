@@ -11,7 +11,7 @@ transient error (database or broker unreachable, a deadlock) rolls the poll back
 the same records with backoff: nothing is skipped, and redelivery is harmless because of
 the inbox. Any other exception is a bug: it stops the consumer loudly. (A transaction per
 partition cost a commit and a round of statements for each: a poll of the rights tracker
-spreads over 12 partitions.)
+spreads over the 18 partitions of its three topics.)
 
 With a `batch_handler` the records of a poll are applied in one go instead: all are
 decoded first (poison set aside as above), the inbox rows of the decoded ones are claimed in

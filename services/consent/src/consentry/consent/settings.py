@@ -128,8 +128,8 @@ class RightsTrackerSettings(DatabaseSettings, KafkaSettings, MasterKeySettings):
     rights_tracker_group_id: str = Field(
         default="consent-rights-tracker", pattern=r"^[a-z][a-z0-9-]{0,62}$"
     )
-    # A poll's records are spread over the partitions of both topics (12 in the dev
-    # stack) and applied in one transaction (`EventConsumer`). Measured
+    # A poll's records are spread over the partitions of its three topics (18 in the
+    # dev stack) and applied in one transaction (`EventConsumer`). Measured
     # (bench.rights_erasure (b), 20,000 subjects, when each partition's share still had a
     # transaction of its own): the tracker finished 1.6 s after the last webhook with 2,000,
     # 4.7 s with 500. (2,000 was slower before the tracker's lookups became LATERAL ones:
