@@ -16,7 +16,7 @@ from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection
 from consentry.eventing.envelope import Event, ReceivedEvent, encode
 from consentry.eventing.settings import KafkaSettings
-from consentry.eventing.testing import as_polled, collect, consent_event, header
+from consentry.eventing.testing import Record, as_polled, collect, consent_event, header
 
 from .conftest import TEST_CONSUMER
 
@@ -125,6 +125,17 @@ async def consume(
     return consumer
 
 
+async def dead_letter_of(bootstrap: str, consumer: EventConsumer, key: bytes | None) -> Record:
+    """The one dead letter of `consumer` with message key `key`."""
+    (dead,) = await collect(
+        bootstrap,
+        consumer.dead_letter_topic,
+        lambda kept: len(kept) >= 1,
+        keep=lambda r: r.key == key,
+    )
+    return dead
+
+
 async def test_a_batch_is_claimed_and_applied_in_one_call_each_event_once(
     pool: asyncpg.Pool, event_topics: str
 ) -> None:
@@ -151,12 +162,7 @@ async def test_a_batch_is_claimed_and_applied_in_one_call_each_event_once(
     assert sorted(handed) == sorted(ids)  # each to the batch handler once, the duplicate not
     assert not set(effects.single) & ids  # never the per-record path
     assert consumer.duplicates >= 1
-    (dead,) = await collect(
-        event_topics,
-        consumer.dead_letter_topic,
-        lambda kept: len(kept) >= 1,
-        keep=lambda r: r.key == poison_key,
-    )
+    dead = await dead_letter_of(event_topics, consumer, poison_key)
     assert header(dead, "dlq.reason") == "missing-headers"
     claimed = await pool.fetchval(
         "SELECT count(*) FROM eventing_inbox WHERE event_id = ANY($1::text[])",
@@ -307,12 +313,6 @@ async def test_a_polls_partitions_are_applied_in_one_transaction_on_both_paths(
     assert consumer.batch_fallbacks == 1
     assert effects.single == [second[0].id, second[1].id, second[2].id]
     assert tx[second[0].id] == tx[second[2].id] != tx[first[0].id]
-    key = second[1].key
-    (dead,) = await collect(
-        event_topics,
-        consumer.dead_letter_topic,
-        lambda kept: len(kept) >= 1,
-        keep=lambda r: r.key == key,
-    )
+    dead = await dead_letter_of(event_topics, consumer, second[1].key)
     assert header(dead, "dlq.reason") == "rejected-by-database"
     assert header(dead, "dlq.partition") == "1"
