@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consentry.eventing import kafka, topics
+from consentry.eventing import catalogue, kafka, topics
 from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection
 from consentry.eventing.envelope import ReceivedEvent, encode
@@ -25,6 +25,9 @@ async def effects_table(pool: asyncpg.Pool) -> None:
     await pool.execute("CREATE TABLE effects (event_id text, subject text, version bigint)")
 
 
+_EFFECTS_OF = "SELECT count(*) FROM effects WHERE subject = $1"
+
+
 async def record_effect(conn: Connection, event: ReceivedEvent) -> None:
     await conn.execute(
         "INSERT INTO effects VALUES ($1, $2, $3)",
@@ -34,26 +37,40 @@ async def record_effect(conn: Connection, event: ReceivedEvent) -> None:
     )
 
 
-async def run_consumer(bootstrap: str, pool: asyncpg.Pool, group: str, until: int) -> EventConsumer:
+async def run_consumer(
+    bootstrap: str, pool: asyncpg.Pool, group: str, subject: str, until: int
+) -> EventConsumer:
+    """Consume consent decisions (as a service would: other types on the topic, such as the
+    policies other tests publish on the session's broker, are passed over) until `until`
+    effects of `subject` are recorded."""
     kafka_consumer = kafka.consumer(  # as the services make them
         KafkaSettings(kafka_bootstrap_servers=bootstrap), group, topics.CONSENT
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await kafka_consumer.start()
     await producer.start()
-    consumer = EventConsumer(TEST_CONSUMER, kafka_consumer, producer, pool, record_effect)
+    consumer = EventConsumer(
+        TEST_CONSUMER,
+        kafka_consumer,
+        producer,
+        pool,
+        record_effect,
+        accepts=(catalogue.CONSENT_GIVEN, catalogue.CONSENT_WITHDRAWN),
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     try:
         async with asyncio.timeout(20):
-            while await pool.fetchval("SELECT count(*) FROM effects") < until:
+            while await pool.fetchval(_EFFECTS_OF, subject) < until:
                 await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)  # let the loop commit the offsets of what it applied
     finally:
         stop.set()
-        await task
-        await kafka_consumer.stop()
-        await producer.stop()
+        try:
+            await task
+        finally:  # a failing handler must not leave the clients open for a later test
+            await kafka_consumer.stop()
+            await producer.stop()
     return consumer
 
 
@@ -88,7 +105,7 @@ async def test_applies_each_event_once_dead_letters_poison_and_keeps_going(
         await producer.stop()
 
     group = f"g-{uuid.uuid4().hex[:8]}"
-    consumer = await run_consumer(event_topics, pool, group, until=len(events))
+    consumer = await run_consumer(event_topics, pool, group, subject, until=len(events))
 
     rows = await pool.fetch(
         "SELECT event_id, version FROM effects WHERE subject = $1 ORDER BY version", subject
@@ -124,11 +141,8 @@ async def test_applies_each_event_once_dead_letters_poison_and_keeps_going(
         )
     finally:
         await producer.stop()
-    await run_consumer(event_topics, pool, group, until=len(events) + 1)
-    assert (
-        await pool.fetchval("SELECT count(*) FROM effects WHERE subject = $1", subject)
-        == len(events) + 1
-    )
+    await run_consumer(event_topics, pool, group, subject, until=len(events) + 1)
+    assert await pool.fetchval(_EFFECTS_OF, subject) == len(events) + 1
 
 
 async def test_an_effect_the_database_refuses_is_dead_lettered_not_retried_forever(
@@ -149,7 +163,7 @@ async def test_an_effect_the_database_refuses_is_dead_lettered_not_retried_forev
     finally:
         await producer.stop()
 
-    consumer = await run_consumer(event_topics, pool, f"g-{uuid.uuid4().hex[:8]}", until=4)
+    consumer = await run_consumer(event_topics, pool, f"g-{uuid.uuid4().hex[:8]}", subject, until=4)
 
     versions = await pool.fetch(
         "SELECT version FROM effects WHERE subject = $1 ORDER BY version", subject

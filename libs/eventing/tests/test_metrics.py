@@ -77,7 +77,7 @@ async def test_consumer_observes_propagation_counts_dead_letters_and_lag(
         await producer.send_and_wait(topics.CONSENT, b"no headers", f"{tenant}/{subject}".encode())
     finally:
         await producer.stop()
-    await run_consumer(event_topics, pool, f"g-{uuid.uuid4().hex[:8]}", until=len(events))
+    await run_consumer(event_topics, pool, f"g-{uuid.uuid4().hex[:8]}", subject, until=len(events))
 
     after = sum(
         (await scrape(scrape_url, "consentry_propagation_seconds_count", **consent)).values()
