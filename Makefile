@@ -60,9 +60,16 @@ fmt: install ## format and autofix
 	$(UV) run --frozen ruff format .
 	$(UV) run --frozen ruff check --fix .
 
+# Two pytest-xdist workers, each with its own embedded PostgreSQL and broker: most tests wait on
+# the broker or on the processes they start (a serial run left the two cores 57 % idle). A test
+# file, or a directory whose conftest.py starts a whole stack, runs in one worker (`--dist
+# loadfile` as consentry.devstack.pytest_plugin extends it). Against a configured broker the
+# stacks' consumer groups would meet on it: one process then. TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= $(if $(CONSENTRY_KAFKA_BOOTSTRAP_SERVERS),0,2)
+
 test: install ## run every test (starts its own PostgreSQL and broker unless CONSENTRY_* URLs are set)
 	@scripts/ensure-chromium.sh  # Debian's Chromium for the preference-center browser test
-	$(UV) run --frozen pytest $(PYTEST_ARGS)
+	$(UV) run --frozen pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-faults: install ## the fault catalogue in its full form (longer load); figures in tests/faults/results/latest.md
 	CONSENTRY_FAULTS_FULL=1 $(UV) run --frozen pytest tests/faults -m faults --timeout=900 $(PYTEST_ARGS)

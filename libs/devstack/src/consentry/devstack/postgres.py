@@ -202,12 +202,14 @@ def with_user(dsn: str, user: str) -> str:
 
 
 async def ensure_login_role(dsn: str, login: str, member_of: str) -> None:
-    """Create the login role `login` unless it exists and make it a member of `member_of`."""
+    """Create the login role `login` unless it exists and make it a member of `member_of`.
+    Roles are cluster-wide: stacks on one server (two test workers) may do both at once."""
     conn = await asyncpg.connect(dsn)
     try:
         with contextlib.suppress(asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
             await conn.execute(f"CREATE ROLE {_checked_name(login)} LOGIN")
-        await conn.execute(f"GRANT {_checked_name(member_of)} TO {_checked_name(login)}")
+        with contextlib.suppress(asyncpg.UniqueViolationError):  # granted concurrently
+            await conn.execute(f"GRANT {_checked_name(member_of)} TO {_checked_name(login)}")
     finally:
         await conn.close()
 

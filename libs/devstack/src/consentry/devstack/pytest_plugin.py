@@ -7,12 +7,15 @@ start on first use: embedded ones unless `CONSENTRY_DATABASE_URL` /
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -43,6 +46,53 @@ def pytest_collect_directory(path: Path, parent: pytest.Collector) -> pytest.Col
         collector: pytest.Collector = ConftestDirectory.from_parent(parent, path=path)
         return collector
     return None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test` runs two pytest-xdist workers with `--dist loadfile`, which we extend: a
+    directory whose conftest.py has "package" fixtures (a whole stack: e2e, the SDK's, the
+    CLI's, the fault suite's) goes to one worker as a whole, so its stack starts once; any
+    other test file goes as a whole (its module fixtures: databases, workers). Other `--dist`
+    modes are xdist's own. (xdist's `loadgroup` cannot do it: under pytest 9 its group marker
+    no longer reaches the scheduler.)"""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    root = config.rootpath
+
+    class SetupUnitScheduling(LoadFileScheduling):  # type: ignore[misc]  # xdist is untyped
+        def _split_scope(self, nodeid: str) -> str:
+            return setup_unit(root, nodeid)
+
+    return SetupUnitScheduling(config, log)
+
+
+def setup_unit(root: Path, nodeid: str) -> str:
+    """What one worker must run as a whole for `nodeid`: the directory (relative to `root`)
+    of the nearest conftest.py with "package" fixtures, else the test's file."""
+    module = nodeid.split("::", 1)[0]
+    for directory in (root / module).parents:
+        if directory == root or root not in directory.parents:
+            break
+        if _has_package_fixtures(directory / "conftest.py"):
+            return directory.relative_to(root).as_posix()
+    return module
+
+
+@functools.cache
+def _has_package_fixtures(conftest: Path) -> bool:
+    """Whether `conftest` declares a fixture with `scope="package"` (read, not imported)."""
+    if not conftest.is_file():
+        return False
+    return any(
+        isinstance(node, ast.keyword)
+        and node.arg == "scope"
+        and isinstance(node.value, ast.Constant)
+        and node.value.value == "package"
+        for node in ast.walk(ast.parse(conftest.read_text(), str(conftest)))
+    )
 
 
 @pytest.fixture(scope="session")
