@@ -11,7 +11,6 @@ import dataclasses
 import os
 import secrets
 import signal
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from consentry.devstack.postgres import drop_database, with_user
 from consentry.devstack.pytest_plugin import own_broker
 from consentry.devstack.services import DEV_API_KEY, SERVICES, Service, child_env
 from consentry.devstack.stack import DevStack, DevStackSettings
+from consentry.devstack.testing_workers import Worker
 
 # Processes the tests run themselves, to kill and restart them.
 UNSUPERVISED = {("consent", "relay"), ("audit", "appender")}
@@ -98,67 +98,47 @@ async def stack(pg_server_dsn: str, e2e_bootstrap: str, log_dir: Path) -> AsyncI
 RELAY_ACTIVE = "relay active"
 
 
-class Worker:
-    """A service's worker as a real process the test can kill -9 and restart."""
-
-    def __init__(
-        self, service: str, command: str, database_dsn: str, bootstrap: str, log_dir: Path
-    ) -> None:
-        self._argv = [sys.executable, "-m", f"consentry.{service}", command]
-        self._log = log_dir / f"{service}.{command}.log"
-        self._env = {
-            **os.environ,
-            **child_env(
-                database_dsn=database_dsn, bootstrap=bootstrap, http_host="", http_port=None
-            ),
-            "CONSENTRY_RELAY_BATCH_SIZE": "50",
-        }
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self, ready: str | None = None, seconds: float = 120) -> None:
-        """Start the process; with `ready`, wait until its log gains that line (a busy
-        machine takes many seconds to import and connect: tests time their own work only)."""
-        offset = self._log.stat().st_size if self._log.exists() else 0
-        with self._log.open("ab") as log:  # the child keeps its own descriptor
-            self.process = await asyncio.create_subprocess_exec(
-                *self._argv, env=self._env, stdout=log, stderr=asyncio.subprocess.STDOUT
-            )
-        if ready is None:
-            return
-        async with asyncio.timeout(seconds):
-            while ready not in self._log.read_text(errors="replace")[offset:]:
-                if self.process.returncode is not None:
-                    tail = self._log.read_text(errors="replace")[offset:][-2000:]
-                    pytest.fail(f"{self._argv[2:]} exited ({self.process.returncode}): {tail}")
-                await asyncio.sleep(0.1)
-
-    async def kill(self, sig: int = signal.SIGKILL) -> int:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        code = await asyncio.wait_for(self.process.wait(), timeout=15)
-        self.process = None
-        return code
+def service_worker(
+    service: str,
+    command: str,
+    database_dsn: str,
+    bootstrap: str,
+    log_dir: Path,
+    ready_line: str | None = None,
+) -> Worker:
+    """A service's worker as a real process the test can kill -9 and restart, on the stack's
+    database and broker, logging to `<service>.<command>.log` in `log_dir`."""
+    env = {
+        **child_env(database_dsn=database_dsn, bootstrap=bootstrap, http_host="", http_port=None),
+        "CONSENTRY_RELAY_BATCH_SIZE": "50",
+    }
+    return Worker.module(service, command, env=env, log_dir=log_dir, ready_line=ready_line)
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
 async def appender(stack: DevStack, log_dir: Path) -> AsyncIterator[Worker]:
     """The audit appender, logged in with the append-only role like the supervised processes."""
     dsn = with_user(stack.database_dsn("audit"), "consentry_audit_app")
-    worker = Worker("audit", "appender", dsn, stack.bootstrap, log_dir)
-    await worker.start()
-    yield worker
-    if worker.process is not None:
-        await worker.kill(signal.SIGTERM)
+    appender = service_worker("audit", "appender", dsn, stack.bootstrap, log_dir)
+    await appender.start()
+    yield appender
+    await appender.kill(signal.SIGTERM)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def relay(stack: DevStack, appender: Worker, log_dir: Path) -> AsyncIterator[Worker]:
     """The consent relay (and, through its fixture, the audit appender) running."""
-    relay = Worker("consent", "relay", stack.database_dsn("consent"), stack.bootstrap, log_dir)
-    await relay.start(ready=RELAY_ACTIVE)
+    relay = service_worker(
+        "consent",
+        "relay",
+        stack.database_dsn("consent"),
+        stack.bootstrap,
+        log_dir,
+        ready_line=RELAY_ACTIVE,
+    )
+    await relay.start()
     yield relay
-    if relay.process is not None:
-        await relay.kill(signal.SIGTERM)
+    await relay.kill(signal.SIGTERM)
 
 
 # The dev tenant's first policy version: every default purpose and the extra purposes the

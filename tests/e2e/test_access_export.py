@@ -22,8 +22,9 @@ from werkzeug import Request, Response
 
 from consentry.devstack.services import DEV_API_KEY
 from consentry.devstack.stack import DevStack
+from consentry.devstack.testing_workers import Worker
 
-from .conftest import EXTRA_PURPOSES, POLICY_VERSION, Worker, wait_until_completed
+from .conftest import EXTRA_PURPOSES, POLICY_VERSION, wait_until_completed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 PURPOSE = EXTRA_PURPOSES[3]  # a purpose only this test's recipient receives data for

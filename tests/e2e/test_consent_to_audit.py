@@ -22,10 +22,9 @@ from consentry.audit.v1 import audit_pb2
 from consentry.consent.v1 import consent_pb2
 from consentry.devstack.services import DEV_TENANT_ID
 from consentry.devstack.stack import DevStack
+from consentry.devstack.testing_workers import Worker
 from consentry.eventing import topics
 from consentry.eventing.testing import collect, header
-
-from .conftest import RELAY_ACTIVE, Worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -221,7 +220,7 @@ async def test_relay_killed_mid_stream_loses_nothing_and_duplicates_nothing(
             "SELECT count(*) FROM eventing_outbox WHERE published_at IS NULL"
         )
         assert unpublished > 0  # the kill left work behind
-        await relay.start(ready=RELAY_ACTIVE)
+        await relay.start()
     finally:
         await conn.close()
 

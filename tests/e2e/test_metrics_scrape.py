@@ -17,8 +17,9 @@ from prometheus_client.samples import Sample
 
 from consentry.devstack.postgres import with_user
 from consentry.devstack.stack import DevStack
+from consentry.devstack.testing_workers import Worker
 
-from .conftest import Worker
+from .conftest import service_worker
 from .test_consent_to_audit import decide
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -91,7 +92,7 @@ async def test_api_and_worker_metrics_move_with_traffic(
     monkeypatch.setenv("CONSENTRY_METRICS_PORT", str(port))
     monkeypatch.setenv("CONSENTRY_METRICS_HOST", "127.0.0.1")
     dsn = with_user(stack.database_dsn("audit"), "consentry_audit_app")
-    scraped = Worker("audit", "appender", dsn, stack.bootstrap, log_dir)
+    scraped = service_worker("audit", "appender", dsn, stack.bootstrap, log_dir)
     monkeypatch.undo()  # the Worker copied the environment; nothing else gets the port
     await scraped.start()
     try:
@@ -127,6 +128,5 @@ async def test_api_and_worker_metrics_move_with_traffic(
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"] == {"loop": "ok", "database": "ok", "broker": "ok"}
     finally:
-        if scraped.process is not None:
-            await scraped.kill(signal.SIGTERM)
+        await scraped.kill(signal.SIGTERM)
         await appender.start()

@@ -20,8 +20,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from consentry.devstack.services import DEV_API_KEY, SERVICES
 from consentry.devstack.stack import DevStack
+from consentry.devstack.testing_workers import Worker
 
-from .conftest import Worker, wait_until_completed
+from .conftest import wait_until_completed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from consentry.devstack.stack import DevStack
-
-from .conftest import Worker
+from consentry.devstack.testing_workers import Worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 README = Path(__file__).resolve().parents[2] / "README.md"

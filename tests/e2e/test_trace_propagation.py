@@ -14,10 +14,9 @@ import pytest
 
 from consentry.devstack.services import DEV_API_KEY, DEV_TENANT_ID
 from consentry.devstack.stack import DevStack
+from consentry.devstack.testing_workers import Worker
 from consentry.sdk import AsyncConsentry, traced
 from consentry.sdk.producer import EventProducer
-
-from .conftest import Worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
