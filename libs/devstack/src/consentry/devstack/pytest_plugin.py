@@ -53,9 +53,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`make test` runs two pytest-xdist workers with `--dist loadfile`, which we extend: a
     directory whose conftest.py has "package" fixtures (a whole stack: e2e, the SDK's, the
     CLI's, the fault suite's) goes to one worker as a whole, so its stack starts once; any
-    other test file goes as a whole (its module fixtures: databases, workers). Other `--dist`
-    modes are xdist's own. (xdist's `loadgroup` cannot do it: under pytest 9 its group marker
-    no longer reaches the scheduler.)"""
+    other test file goes as a whole (its module fixtures: databases, workers). The stacks'
+    directories, the longest units, go out first: the files fill in around them, and no
+    worker is left alone with a stack at the end. Other `--dist` modes are xdist's own.
+    (xdist's `loadgroup` cannot do it: under pytest 9 its group marker no longer reaches the
+    scheduler.)"""
     if config.getoption("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
@@ -65,6 +67,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     class SetupUnitScheduling(LoadFileScheduling):  # type: ignore[misc]  # xdist is untyped
         def _split_scope(self, nodeid: str) -> str:
             return setup_unit(root, nodeid)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            # xdist queues units by their number of tests; a directory's go first.
+            directories = [unit for unit in self.workqueue if not unit.endswith(".py")]
+            for unit in reversed(directories):
+                self.workqueue.move_to_end(unit, last=False)
+            super()._assign_work_unit(node)
 
     return SetupUnitScheduling(config, log)
 
