@@ -61,10 +61,11 @@ fmt: install ## format and autofix
 	$(UV) run --frozen ruff check --fix .
 
 # Two pytest-xdist workers, each with its own embedded PostgreSQL and broker: most tests wait on
-# the broker or on the processes they start (a serial run left the two cores 57 % idle). A test
-# file, or a directory whose conftest.py starts a whole stack, runs in one worker (`--dist
-# loadfile` as consentry.devstack.pytest_plugin extends it). Against a configured broker the
-# stacks' consumer groups would meet on it: one process then. TEST_WORKERS=0 runs in-process.
+# the broker or on the processes they start (serially, both cores were 57 % idle over the
+# preferences tests). A test file, or a directory whose conftest.py starts a whole stack, runs
+# in one worker (`--dist loadfile` as consentry.devstack.pytest_plugin extends it; ADR 0015).
+# Against a configured broker the stacks' consumer groups would meet on it: one process then.
+# TEST_WORKERS=0 runs in-process.
 TEST_WORKERS ?= $(if $(CONSENTRY_KAFKA_BOOTSTRAP_SERVERS),0,2)
 
 test: install ## run every test (starts its own PostgreSQL and broker unless CONSENTRY_* URLs are set)
