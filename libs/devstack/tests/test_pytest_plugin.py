@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,76 @@ def test_this_repositorys_stacks_each_start_in_one_worker(
     pytestconfig: pytest.Config, nodeid: str, unit: str
 ) -> None:
     assert setup_unit(pytestconfig.rootpath, nodeid) == unit
+
+
+RECORDING_CONFTEST = """
+import os
+from pathlib import Path
+
+import pytest
+
+LOG = Path(os.environ["RECORD_DIR"])
+
+
+def record(what):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "none")
+    with (LOG / worker).open("a") as log:
+        log.write(what + "\\n")
+
+
+@pytest.fixture(scope="package")
+def stack():
+    record("stack started")
+    yield
+
+
+@pytest.fixture(autouse=True)
+def each(request):
+    record(request.node.nodeid)
+"""
+STACK_TEST = """
+def test_one(stack):
+    pass
+"""
+FILE_TESTS = "".join(f"\ndef test_{n}():\n    pass\n" for n in range(4))
+
+
+def test_two_workers_start_a_stack_once_and_first(tmp_path: Path) -> None:
+    """The real xdist: three files of a stack's directory run in one worker, whose stack
+    starts once, and before any file of more tests (xdist alone would send the stack's
+    directory, with the fewest tests, last)."""
+    suite, records = tmp_path / "suite", tmp_path / "records"
+    records.mkdir()
+    tree(
+        suite,
+        {
+            "stack/conftest.py": RECORDING_CONFTEST,
+            **{f"stack/test_s{n}.py": STACK_TEST for n in range(3)},
+            "plain/conftest.py": RECORDING_CONFTEST.replace('scope="package"', 'scope="session"'),
+            **{f"plain/test_f{n}.py": FILE_TESTS for n in range(6)},
+        },
+    )
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadfile", "-q",
+            "-p", "consentry.devstack.pytest_plugin", "-p", "no:cacheprovider",
+            "--rootdir", str(suite), str(suite),
+        ],
+        cwd=suite,
+        env={**os.environ, "RECORD_DIR": str(records)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "27 passed" in done.stdout
+    logs = {path.name: path.read_text().splitlines() for path in records.iterdir()}
+    assert set(logs) == {"gw0", "gw1"}
+    (holder,) = [name for name, lines in logs.items() if "stack started" in lines]
+    lines = logs[holder]
+    assert lines.count("stack started") == 1
+    assert lines[0] == "stack started"
+    stack_tests = [line for line in lines if line.startswith("stack/")]
+    assert len(stack_tests) == 3
+    assert lines[1:4] == stack_tests
