@@ -130,7 +130,10 @@ def test_two_workers_start_a_stack_once_and_first(tmp_path: Path) -> None:
             "--rootdir", str(suite), str(suite),
         ],
         cwd=suite,
-        env={**os.environ, "RECORD_DIR": str(records)},
+        env={  # not as one of the workers of the run this test is in
+            **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")},
+            "RECORD_DIR": str(records),
+        },
         capture_output=True,
         text=True,
         timeout=120,
