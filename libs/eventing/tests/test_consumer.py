@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Collection
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from consentry.eventing import catalogue, kafka, topics
-from consentry.eventing.consumer import EventConsumer
+from consentry.eventing.consumer import BatchHandler, EventConsumer, Handler
 from consentry.eventing.db import Connection
 from consentry.eventing.envelope import ReceivedEvent, encode
 from consentry.eventing.settings import KafkaSettings
@@ -37,13 +38,26 @@ async def record_effect(conn: Connection, event: ReceivedEvent) -> None:
     )
 
 
+# What the consumers under test take: the session's broker carries other tests' events on the
+# same topic (policies, say), which a service would pass over too.
+DECISIONS = (catalogue.CONSENT_GIVEN, catalogue.CONSENT_WITHDRAWN)
+
+
 async def run_consumer(
-    bootstrap: str, pool: asyncpg.Pool, group: str, subject: str, until: int
+    bootstrap: str,
+    pool: asyncpg.Pool,
+    group: str,
+    subject: str,
+    until: int,
+    *,
+    handler: Handler = record_effect,
+    batch_handler: BatchHandler | None = None,
+    max_records: int | None = None,
+    accepts: Collection[catalogue.EventType] = DECISIONS,
 ) -> EventConsumer:
-    """Consume consent decisions (as a service would: other types on the topic, such as the
-    policies other tests publish on the session's broker, are passed over) until `until`
-    effects of `subject` are recorded."""
-    kafka_consumer = kafka.consumer(  # as the services make them
+    """Run an `EventConsumer` of the consent topic, made as the services make theirs, until
+    `until` effects of `subject` are recorded; stop it and its clients (also on failure)."""
+    kafka_consumer = kafka.consumer(
         KafkaSettings(kafka_bootstrap_servers=bootstrap), group, topics.CONSENT
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
@@ -54,8 +68,10 @@ async def run_consumer(
         kafka_consumer,
         producer,
         pool,
-        record_effect,
-        accepts=(catalogue.CONSENT_GIVEN, catalogue.CONSENT_WITHDRAWN),
+        handler,
+        batch_handler=batch_handler,
+        max_records=max_records,
+        accepts=accepts,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))

@@ -3,7 +3,6 @@ exactly-once and dead-letter guarantees as the per-record path it falls back to.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Sequence
 
@@ -19,6 +18,7 @@ from consentry.eventing.settings import KafkaSettings
 from consentry.eventing.testing import Record, as_polled, collect, consent_event, header
 
 from .conftest import TEST_CONSUMER
+from .test_consumer import DECISIONS, run_consumer
 
 pytestmark = pytest.mark.integration
 PARTITION = 2  # every record of a test on one partition, so they share batches
@@ -90,39 +90,20 @@ async def consume(
     subject: str,
     until: int,
     *,
-    accepts: Sequence[catalogue.EventType] | None = None,
+    accepts: Sequence[catalogue.EventType] = DECISIONS,
 ) -> EventConsumer:
     """Run a batch-handling consumer until `until` effects of `subject` exist."""
-    kafka_consumer = kafka.consumer(  # as the services make them
-        KafkaSettings(kafka_bootstrap_servers=bootstrap), group, topics.CONSENT
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await kafka_consumer.start()
-    await producer.start()
-    consumer = EventConsumer(
-        TEST_CONSUMER,
-        kafka_consumer,
-        producer,
+    return await run_consumer(
+        bootstrap,
         pool,
-        effects.one,
+        group,
+        subject,
+        until,
+        handler=effects.one,
         batch_handler=effects.many,
         max_records=1000,
         accepts=accepts,
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    query = "SELECT count(*) FROM effects WHERE subject = $1"
-    try:
-        async with asyncio.timeout(20):
-            while await pool.fetchval(query, subject) < until:
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(1.0)  # let the loop commit the offsets of what it applied
-    finally:
-        stop.set()
-        await task
-        await kafka_consumer.stop()
-        await producer.stop()
-    return consumer
 
 
 async def dead_letter_of(bootstrap: str, consumer: EventConsumer, key: bytes | None) -> Record:
