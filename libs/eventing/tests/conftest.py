@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -37,3 +38,13 @@ async def event_topics(kafka_bootstrap: str) -> str:
         [TopicSpec(topics.CONSENT), TopicSpec(dead_letter_topic(TEST_CONSUMER), partitions=1)],
     )
     return kafka_bootstrap
+
+
+@pytest_asyncio.fixture
+async def consent_topic(event_topics: str) -> str:
+    """A topic of this test's own, with the consent topic's partitions (the default): a
+    consumer under test reads there this test's records only, never the events other tests
+    leave on the session's broker (a policy on the consent topic, say)."""
+    name = f"eventing-test.consent.{uuid.uuid4().hex[:12]}"
+    await create_topics(event_topics, [TopicSpec(name)])
+    return name

@@ -10,12 +10,12 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consentry.eventing import catalogue, kafka, topics
+from consentry.eventing import catalogue, kafka
 from consentry.eventing.consumer import BatchHandler, EventConsumer, Handler
 from consentry.eventing.db import Connection
 from consentry.eventing.envelope import ReceivedEvent, encode
 from consentry.eventing.settings import KafkaSettings
-from consentry.eventing.testing import collect, consent_event, header
+from consentry.eventing.testing import collect, consent_event, header, produce
 
 from .conftest import TEST_CONSUMER
 
@@ -38,13 +38,13 @@ async def record_effect(conn: Connection, event: ReceivedEvent) -> None:
     )
 
 
-# What the consumers under test take: the session's broker carries other tests' events on the
-# same topic (policies, say), which a service would pass over too.
+# What the consumers under test take, as the services that follow consent decisions do.
 DECISIONS = (catalogue.CONSENT_GIVEN, catalogue.CONSENT_WITHDRAWN)
 
 
 async def run_consumer(
     bootstrap: str,
+    topic: str,
     pool: asyncpg.Pool,
     group: str,
     subject: str,
@@ -55,11 +55,9 @@ async def run_consumer(
     max_records: int | None = None,
     accepts: Collection[catalogue.EventType] = DECISIONS,
 ) -> EventConsumer:
-    """Run an `EventConsumer` of the consent topic, made as the services make theirs, until
-    `until` effects of `subject` are recorded; stop it and its clients (also on failure)."""
-    kafka_consumer = kafka.consumer(
-        KafkaSettings(kafka_bootstrap_servers=bootstrap), group, topics.CONSENT
-    )
+    """Run an `EventConsumer` of `topic`, made as the services make theirs, until `until`
+    effects of `subject` are recorded; stop it and its clients (also on failure)."""
+    kafka_consumer = kafka.consumer(KafkaSettings(kafka_bootstrap_servers=bootstrap), group, topic)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await kafka_consumer.start()
     await producer.start()
@@ -91,37 +89,30 @@ async def run_consumer(
 
 
 async def test_applies_each_event_once_dead_letters_poison_and_keeps_going(
-    pool: asyncpg.Pool, event_topics: str
+    pool: asyncpg.Pool, event_topics: str, consent_topic: str
 ) -> None:
     await effects_table(pool)
     tenant = str(uuid.uuid4())
     subject = uuid.uuid4().hex
     events = [consent_event(tenant, subject, version) for version in range(1, 6)]
     poison_key = f"{tenant}/{subject}".encode()
-    producer = AIOKafkaProducer(bootstrap_servers=event_topics, acks="all")
-    await producer.start()
-    try:
-        for index, event in enumerate(events):
-            record = encode(event)
-            await producer.send_and_wait(
-                record.topic, record.value, record.key, headers=list(record.headers)
-            )
-            if index == 1:  # a duplicate delivery and two poison messages, mid-stream
-                await producer.send_and_wait(
-                    record.topic, record.value, record.key, headers=list(record.headers)
-                )
-                await producer.send_and_wait(topics.CONSENT, b"not protobuf at all", poison_key)
-                await producer.send_and_wait(
-                    topics.CONSENT,
-                    record.value,
-                    record.key,
-                    headers=[("ce_type", b"consentry.consent.given.v1")],
-                )
-    finally:
-        await producer.stop()
+    # A duplicate delivery and two poison messages, mid-stream.
+    await produce(
+        event_topics,
+        [
+            *events[:2],
+            events[1],
+            (poison_key, b"not protobuf at all"),
+            (poison_key, encode(events[1]).value, [("ce_type", b"consentry.consent.given.v1")]),
+            *events[2:],
+        ],
+        topic=consent_topic,
+    )
 
     group = f"g-{uuid.uuid4().hex[:8]}"
-    consumer = await run_consumer(event_topics, pool, group, subject, until=len(events))
+    consumer = await run_consumer(
+        event_topics, consent_topic, pool, group, subject, until=len(events)
+    )
 
     rows = await pool.fetch(
         "SELECT event_id, version FROM effects WHERE subject = $1 ORDER BY version", subject
@@ -137,7 +128,7 @@ async def test_applies_each_event_once_dead_letters_poison_and_keeps_going(
     assert sorted(header(r, "dlq.reason") for r in dead) == ["missing-headers", "missing-headers"]
     assert all(header(r, "dlq.consumer") == TEST_CONSUMER for r in dead)
     assert all(
-        header(r, "dlq.topic") == topics.CONSENT and header(r, "dlq.offset").isdigit() for r in dead
+        header(r, "dlq.topic") == consent_topic and header(r, "dlq.offset").isdigit() for r in dead
     )
     assert {r.value for r in dead} == {b"not protobuf at all", encode(events[1]).value}
 
@@ -147,39 +138,22 @@ async def test_applies_each_event_once_dead_letters_poison_and_keeps_going(
             "SELECT count(*) FROM eventing_inbox WHERE consumer = $1", TEST_CONSUMER
         )
     assert claimed >= len(events)
-    later = consent_event(tenant, subject, 6)
-    producer = AIOKafkaProducer(bootstrap_servers=event_topics, acks="all")
-    await producer.start()
-    try:
-        record = encode(later)
-        await producer.send_and_wait(
-            record.topic, record.value, record.key, headers=list(record.headers)
-        )
-    finally:
-        await producer.stop()
-    await run_consumer(event_topics, pool, group, subject, until=len(events) + 1)
+    await produce(event_topics, [consent_event(tenant, subject, 6)], topic=consent_topic)
+    await run_consumer(event_topics, consent_topic, pool, group, subject, until=len(events) + 1)
     assert await pool.fetchval(_EFFECTS_OF, subject) == len(events) + 1
 
 
 async def test_an_effect_the_database_refuses_is_dead_lettered_not_retried_forever(
-    pool: asyncpg.Pool, event_topics: str
+    pool: asyncpg.Pool, event_topics: str, consent_topic: str
 ) -> None:
     await effects_table(pool)
     await pool.execute("ALTER TABLE effects ADD CONSTRAINT no_version_3 CHECK (version <> 3)")
     tenant, subject = str(uuid.uuid4()), uuid.uuid4().hex
     events = [consent_event(tenant, subject, version) for version in range(1, 6)]
-    producer = AIOKafkaProducer(bootstrap_servers=event_topics, acks="all")
-    await producer.start()
-    try:
-        for event in events:
-            record = encode(event)
-            await producer.send_and_wait(
-                record.topic, record.value, record.key, headers=list(record.headers)
-            )
-    finally:
-        await producer.stop()
+    await produce(event_topics, events, topic=consent_topic)
 
-    consumer = await run_consumer(event_topics, pool, f"g-{uuid.uuid4().hex[:8]}", subject, until=4)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    consumer = await run_consumer(event_topics, consent_topic, pool, group, subject, until=4)
 
     versions = await pool.fetch(
         "SELECT version FROM effects WHERE subject = $1 ORDER BY version", subject

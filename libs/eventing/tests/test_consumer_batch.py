@@ -10,12 +10,20 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from consentry.eventing import catalogue, kafka, topics
+from consentry.eventing import catalogue, kafka
 from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection
-from consentry.eventing.envelope import Event, ReceivedEvent, encode
+from consentry.eventing.envelope import Event, ReceivedEvent
 from consentry.eventing.settings import KafkaSettings
-from consentry.eventing.testing import Record, as_polled, collect, consent_event, header
+from consentry.eventing.testing import (
+    RawRecord,
+    Record,
+    as_polled,
+    collect,
+    consent_event,
+    header,
+    produce,
+)
 
 from .conftest import TEST_CONSUMER
 from .test_consumer import DECISIONS, run_consumer
@@ -54,36 +62,15 @@ class Effects:
         )
 
 
-RawRecord = tuple[bytes, bytes] | tuple[bytes, bytes, list[tuple[str, bytes]]]
-
-
-async def send(bootstrap: str, records: Sequence[Event | RawRecord]) -> None:
+async def send(bootstrap: str, topic: str, records: Sequence[Event | RawRecord]) -> None:
     """Produce events (or raw key/value pairs, with headers if given) in order onto one
-    partition of the topic."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for item in records:
-            if isinstance(item, Event):
-                record = encode(item)
-                await producer.send_and_wait(
-                    record.topic,
-                    record.value,
-                    record.key,
-                    partition=PARTITION,
-                    headers=list(record.headers),
-                )
-            else:
-                headers = item[2] if len(item) == 3 else None
-                await producer.send_and_wait(
-                    topics.CONSENT, item[1], item[0], partition=PARTITION, headers=headers
-                )
-    finally:
-        await producer.stop()
+    partition of `topic`."""
+    await produce(bootstrap, records, topic=topic, partition=PARTITION)
 
 
 async def consume(
     bootstrap: str,
+    topic: str,
     pool: asyncpg.Pool,
     group: str,
     effects: Effects,
@@ -95,6 +82,7 @@ async def consume(
     """Run a batch-handling consumer until `until` effects of `subject` exist."""
     return await run_consumer(
         bootstrap,
+        topic,
         pool,
         group,
         subject,
@@ -118,7 +106,7 @@ async def dead_letter_of(bootstrap: str, consumer: EventConsumer, key: bytes | N
 
 
 async def test_a_batch_is_claimed_and_applied_in_one_call_each_event_once(
-    pool: asyncpg.Pool, event_topics: str
+    pool: asyncpg.Pool, event_topics: str, consent_topic: str
 ) -> None:
     await pool.execute("CREATE TABLE effects (event_id text, subject text, version bigint)")
     tenant, subject = str(uuid.uuid4()), uuid.uuid4().hex
@@ -126,22 +114,25 @@ async def test_a_batch_is_claimed_and_applied_in_one_call_each_event_once(
     poison_key = f"{tenant}/{subject}".encode()
     # A duplicate delivery and an undecodable record in the middle of the batch.
     await send(
-        event_topics, [*events[:3], events[1], (poison_key, b"\x00 not an event"), *events[3:]]
+        event_topics,
+        consent_topic,
+        [*events[:3], events[1], (poison_key, b"\x00 not an event"), *events[3:]],
     )
 
     effects = Effects()
     group = f"g-{uuid.uuid4().hex[:8]}"
-    consumer = await consume(event_topics, pool, group, effects, subject, until=len(events))
+    consumer = await consume(
+        event_topics, consent_topic, pool, group, effects, subject, until=len(events)
+    )
 
     rows = await pool.fetch(
         "SELECT event_id, version FROM effects WHERE subject = $1 ORDER BY version", subject
     )
     assert [row["event_id"] for row in rows] == [event.id for event in events]
-    ids = {event.id for event in events}
-    # Other tests' events on the topic may share the batches: look at ours only.
-    handed = [event_id for batch in effects.batches for event_id in batch if event_id in ids]
-    assert sorted(handed) == sorted(ids)  # each to the batch handler once, the duplicate not
-    assert not set(effects.single) & ids  # never the per-record path
+    handed = [event_id for batch in effects.batches for event_id in batch]
+    # Each to the batch handler once, the duplicate not, and never the per-record path.
+    assert sorted(handed) == sorted(event.id for event in events)
+    assert effects.single == []
     assert consumer.duplicates >= 1
     dead = await dead_letter_of(event_topics, consumer, poison_key)
     assert header(dead, "dlq.reason") == "missing-headers"
@@ -153,8 +144,8 @@ async def test_a_batch_is_claimed_and_applied_in_one_call_each_event_once(
 
     # Redelivered later (a new batch): claimed already, applied no second time.
     later = consent_event(tenant, subject, 7)
-    await send(event_topics, [events[0], events[4], later])
-    await consume(event_topics, pool, group, effects, subject, until=len(events) + 1)
+    await send(event_topics, consent_topic, [events[0], events[4], later])
+    await consume(event_topics, consent_topic, pool, group, effects, subject, until=len(events) + 1)
     versions = await pool.fetch(
         "SELECT version FROM effects WHERE subject = $1 ORDER BY version", subject
     )
@@ -162,17 +153,17 @@ async def test_a_batch_is_claimed_and_applied_in_one_call_each_event_once(
 
 
 async def test_a_record_the_database_refuses_fails_alone_via_the_per_record_path(
-    pool: asyncpg.Pool, event_topics: str
+    pool: asyncpg.Pool, event_topics: str, consent_topic: str
 ) -> None:
     await pool.execute("CREATE TABLE effects (event_id text, subject text, version bigint)")
     await pool.execute("ALTER TABLE effects ADD CONSTRAINT no_version_3 CHECK (version <> 3)")
     tenant, subject = str(uuid.uuid4()), uuid.uuid4().hex
     events = [consent_event(tenant, subject, version) for version in range(1, 6)]
-    await send(event_topics, events)
+    await send(event_topics, consent_topic, events)
 
     effects = Effects()
     consumer = await consume(
-        event_topics, pool, f"g-{uuid.uuid4().hex[:8]}", effects, subject, until=4
+        event_topics, consent_topic, pool, f"g-{uuid.uuid4().hex[:8]}", effects, subject, until=4
     )
 
     versions = await pool.fetch(
@@ -180,10 +171,9 @@ async def test_a_record_the_database_refuses_fails_alone_via_the_per_record_path
     )
     assert [row["version"] for row in versions] == [1, 2, 4, 5]
     assert consumer.batch_fallbacks >= 1
-    # The refused batch was applied again record by record: its other events of ours too.
-    ids = {event.id for event in events}
+    # The refused batch was applied again record by record: its other events too.
     (refused,) = [batch for batch in effects.batches if events[2].id in batch]
-    assert {i for i in refused if i in ids} - {events[2].id} <= set(effects.single)
+    assert set(refused) - {events[2].id} <= set(effects.single)
     assert events[2].id in effects.single  # tried alone, refused alone
     (dead,) = await collect(
         event_topics,
@@ -203,7 +193,7 @@ async def test_a_record_the_database_refuses_fails_alone_via_the_per_record_path
 
 
 async def test_events_of_types_it_does_not_accept_are_passed_over_unread(
-    pool: asyncpg.Pool, event_topics: str
+    pool: asyncpg.Pool, event_topics: str, consent_topic: str
 ) -> None:
     await pool.execute("CREATE TABLE effects (event_id text, subject text, version bigint)")
     tenant, subject = str(uuid.uuid4()), uuid.uuid4().hex
@@ -216,12 +206,14 @@ async def test_events_of_types_it_does_not_accept_are_passed_over_unread(
     unknown = (key, b"\x00 not an event")
     await send(
         event_topics,
+        consent_topic,
         [given[0], withdrawn[0], not_ours, given[1], unknown, withdrawn[1], given[2]],
     )
 
     effects = Effects()
     consumer = await consume(
         event_topics,
+        consent_topic,
         pool,
         f"g-{uuid.uuid4().hex[:8]}",
         effects,
@@ -251,7 +243,7 @@ async def test_events_of_types_it_does_not_accept_are_passed_over_unread(
 
 
 async def test_a_polls_partitions_are_applied_in_one_transaction_on_both_paths(
-    pool: asyncpg.Pool, event_topics: str
+    pool: asyncpg.Pool, event_topics: str, consent_topic: str
 ) -> None:
     """What one poll returned from several partitions is applied in one transaction: one
     batch-handler call; refused, record by record, still in that one transaction, the
@@ -266,7 +258,7 @@ async def test_a_polls_partitions_are_applied_in_one_transaction_on_both_paths(
     second = [consent_event(tenant, uuid.uuid4().hex, version) for version in (1, 3, 2)]
     producer = AIOKafkaProducer(bootstrap_servers=event_topics, acks="all")
     kafka_consumer = kafka.consumer(
-        KafkaSettings(kafka_bootstrap_servers=event_topics), "g-unused", topics.CONSENT
+        KafkaSettings(kafka_bootstrap_servers=event_topics), "g-unused", consent_topic
     )
     await producer.start()
     effects = Effects()
@@ -276,7 +268,7 @@ async def test_a_polls_partitions_are_applied_in_one_transaction_on_both_paths(
     try:
         for events in (first, second):
             poll = {
-                TopicPartition(topics.CONSENT, partition): [
+                TopicPartition(consent_topic, partition): [
                     as_polled(event, partition=partition, offset=7)
                 ]
                 for partition, event in enumerate(events)

@@ -12,12 +12,12 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consentry.eventing import kafka, outbox, topics, tracing
+from consentry.eventing import kafka, outbox, tracing
 from consentry.eventing.consumer import EventConsumer
 from consentry.eventing.db import Connection
-from consentry.eventing.envelope import ReceivedEvent, encode
+from consentry.eventing.envelope import ReceivedEvent
 from consentry.eventing.settings import KafkaSettings
-from consentry.eventing.testing import consent_event
+from consentry.eventing.testing import consent_event, produce
 
 from .conftest import TEST_CONSUMER
 
@@ -37,27 +37,18 @@ def follow_up_id(event_id: str) -> str:
 
 
 async def test_events_a_handler_publishes_continue_the_trace_of_the_event_it_handles(
-    pool: asyncpg.Pool, event_topics: str
+    pool: asyncpg.Pool, event_topics: str, consent_topic: str
 ) -> None:
     tenant, subject = str(uuid.uuid4()), uuid.uuid4().hex
     traced = dataclasses.replace(consent_event(tenant, subject, 1), traceparent=TRACEPARENT)
     untraced = consent_event(tenant, subject, 2)
     assert untraced.traceparent is None
-    producer = AIOKafkaProducer(bootstrap_servers=event_topics, acks="all")
-    await producer.start()
-    try:
-        for event in (traced, untraced):
-            record = encode(event)
-            await producer.send_and_wait(
-                record.topic, record.value, record.key, headers=list(record.headers)
-            )
-    finally:
-        await producer.stop()
+    await produce(event_topics, [traced, untraced], topic=consent_topic)
 
     kafka_consumer = kafka.consumer(
         KafkaSettings(kafka_bootstrap_servers=event_topics),
         f"g-{uuid.uuid4().hex[:8]}",
-        topics.CONSENT,
+        consent_topic,
     )
     dead_letters = AIOKafkaProducer(bootstrap_servers=event_topics, acks="all")
     await kafka_consumer.start()

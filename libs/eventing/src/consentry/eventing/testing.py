@@ -26,6 +26,8 @@ from consentry.eventing.sealing import Sealer
 from consentry.tenant.v1 import tenant_pb2
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
+# A record as it is sent: key and value, with headers or without.
+RawRecord: TypeAlias = tuple[bytes, bytes] | tuple[bytes, bytes, list[tuple[str, bytes]]]
 S = TypeVar("S")
 
 
@@ -158,15 +160,32 @@ async def running(
         await task
 
 
-async def produce(bootstrap: str, events: Iterable[Event]) -> None:
-    """Publish `events` one after the other (acks=all), as a relay would."""
+async def produce(
+    bootstrap: str,
+    events: Iterable[Event | RawRecord],
+    *,
+    topic: str | None = None,
+    partition: int | None = None,
+) -> None:
+    """Publish `events` one after the other (acks=all), as a relay would: each to its event
+    type's topic, or all to `topic`. A `RawRecord` (key, value and optional headers; `topic`
+    needed) is sent as it is, for the poison a consumer must cope with."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
         for item in events:
-            record = encode(item)
+            headers: list[tuple[str, bytes]] | None
+            if isinstance(item, Event):
+                record = encode(item)
+                key, value, headers = record.key, record.value, list(record.headers)
+                destination = topic or record.topic
+            else:
+                key, value, headers = item[0], item[1], list(item[2]) if len(item) == 3 else None
+                if topic is None:
+                    raise ValueError("a raw record needs a topic")
+                destination = topic
             await producer.send_and_wait(
-                record.topic, record.value, key=record.key, headers=list(record.headers)
+                destination, value, key=key, partition=partition, headers=headers
             )
     finally:
         await producer.stop()
