@@ -85,10 +85,18 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
 #   each downstream). 200 ms and 64 KiB: the broker's idle cost down to ~5 %, batches of up
 #   to 200 ms under load, at most 200 ms added per hop when quiet (bench/rights_erasure,
 #   2026-11-30).
+# - The subprocessor notifier's fetch is the one broker hop between an erasure request and
+#   its webhooks (issue 6: p99 <= 2 s). It waits 50 ms, and as the held fetch batches
+#   already, its own batches linger 20 ms, not 200 (`notifier_batch_within`, meant for a
+#   broker that answers at once). Measured (bench.rights_erasure --skip-bulk, 2026-12-01):
+#   published -> the notifier's transaction p50 282 -> 79 ms, 202 -> last webhook p50 594 ->
+#   311 ms; the broker and the notifier together 2-3 % of a core more.
 TANSU_CLIENT_ENV = {
     "CONSENTRY_KAFKA_SESSION_TIMEOUT_MS": "3000",
     "CONSENTRY_KAFKA_FETCH_MAX_WAIT_MS": "200",
     "CONSENTRY_KAFKA_FETCH_MIN_BYTES": "65536",
+    "CONSENTRY_NOTIFIER_FETCH_MAX_WAIT_MS": "50",
+    "CONSENTRY_NOTIFIER_BATCH_WITHIN": "0.02",
 }
 
 

@@ -178,6 +178,13 @@ class NotifierSettings(SenderSettings, KafkaSettings):
         "load is light, at most this much later; under load a batch forms while the "
         "previous one is applied",
     )
+    notifier_fetch_max_wait_ms: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="ms a fetch of the notifier may wait to fill (the webhooks' one broker "
+        "hop); unset: CONSENTRY_KAFKA_FETCH_MAX_WAIT_MS",
+    )
     notifier_commit_interval: float = Field(
         default=1.0, gt=0, le=60, description="how often acknowledged offsets are committed"
     )

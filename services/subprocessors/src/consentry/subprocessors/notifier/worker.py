@@ -304,7 +304,7 @@ def build_app(
         broker_request_timeout=max(settings.kafka_request_timeout_ms / 1000, session + 5),
         producer_acks=-1,
     )
-    app.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
+    app.fetch_max_wait_ms = settings.notifier_fetch_max_wait_ms or settings.kafka_fetch_max_wait_ms
     app.fetch_min_bytes = settings.kafka_fetch_min_bytes
     source = app.topic(
         *INPUT_TOPICS,
