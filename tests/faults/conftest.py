@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from consentry.devstack.pytest_plugin import report_section
+
 from .harness import QUICK, RESULTS, CaseResult, FaultStack, WebhookSink, timing
 
 RESULTS_FILE = Path(__file__).parent / "results" / "latest.md"
@@ -92,19 +94,19 @@ def _table(rows: list[CaseResult]) -> str:
     return header + "\n".join(lines) + "\n"
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print the figures; the full form also writes them to tests/faults/results/latest.md."""
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Report the figures for the run's summary (also from an xdist worker, `make test`);
+    the full form also writes them to tests/faults/results/latest.md."""
     if not RESULTS:
         return
     form = "full" if timing() is not QUICK else "quick"
-    terminalreporter.section(f"fault catalogue ({form} form)")
-    terminalreporter.write(_table(RESULTS))
+    text = _table(RESULTS)
     if form == "full":
         RESULTS_FILE.parent.mkdir(exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         RESULTS_FILE.write_text(
             f"# Fault catalogue: latest full run\n\n{stamp}, `make test-faults` "
-            f"(`CONSENTRY_FAULTS_FULL=1 pytest tests/faults`), {os.cpu_count()} cores.\n\n"
-            + _table(RESULTS)
+            f"(`CONSENTRY_FAULTS_FULL=1 pytest tests/faults`), {os.cpu_count()} cores.\n\n" + text
         )
-        terminalreporter.write_line(f"written to {RESULTS_FILE}")
+        text += f"written to {RESULTS_FILE}\n"
+    report_section(session.config, f"fault catalogue ({form} form)", text)

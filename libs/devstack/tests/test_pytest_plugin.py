@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,29 @@ def test_one(stack):
 FILE_TESTS = "".join(f"\ndef test_{n}():\n    pass\n" for n in range(4))
 
 
+def run_pytest(suite: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """pytest with our plugin on the built `suite`, in a process of its own (not as one of
+    the workers of the run this test is in); it must pass."""
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "pytest", "-q", *args,
+            "-p", "consentry.devstack.pytest_plugin", "-p", "no:cacheprovider",
+            "--rootdir", str(suite), str(suite),
+        ],
+        cwd=suite,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")},
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
 def test_two_workers_start_a_stack_once_and_first(tmp_path: Path) -> None:
     """The real xdist: three files of a stack's directory run in one worker, whose stack
     starts once, and before any file of more tests (xdist alone would send the stack's
@@ -123,23 +147,7 @@ def test_two_workers_start_a_stack_once_and_first(tmp_path: Path) -> None:
             **{f"plain/test_f{n}.py": FILE_TESTS for n in range(6)},
         },
     )
-    done = subprocess.run(
-        [
-            sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadfile", "-q",
-            "-p", "consentry.devstack.pytest_plugin", "-p", "no:cacheprovider",
-            "--rootdir", str(suite), str(suite),
-        ],
-        cwd=suite,
-        env={  # not as one of the workers of the run this test is in
-            **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")},
-            "RECORD_DIR": str(records),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_pytest(suite, "-n", "2", "--dist", "loadfile", RECORD_DIR=str(records))
     assert "27 passed" in done.stdout
     logs = {path.name: path.read_text().splitlines() for path in records.iterdir()}
     assert set(logs) == {"gw0", "gw1"}
@@ -150,3 +158,41 @@ def test_two_workers_start_a_stack_once_and_first(tmp_path: Path) -> None:
     stack_tests = [line for line in lines if line.startswith("stack/")]
     assert len(stack_tests) == 3
     assert lines[1:4] == stack_tests
+
+
+REPORTING_CONFTEST = """
+import os
+
+from consentry.devstack.pytest_plugin import report_section
+
+RAN = []
+
+
+def pytest_runtest_call(item):
+    RAN.append(item.name)
+
+
+def pytest_sessionfinish(session):
+    if RAN:  # only where tests ran: one section per process that ran some
+        where = os.environ.get("PYTEST_XDIST_WORKER", "alone")
+        report_section(session.config, "figures", f"{len(RAN)} figures from {where}\\n")
+"""
+
+
+@pytest.mark.parametrize("workers", [None, "2"])
+def test_a_section_reported_at_the_end_reaches_the_summary_also_from_a_worker(
+    tmp_path: Path, workers: str | None
+) -> None:
+    """What a conftest reports by `pytest_sessionfinish` (the fault suite's figures) is in
+    the summary the run prints, also when an xdist worker reported it: a worker's own
+    terminal output is never shown."""
+    suite = tree(
+        tmp_path / "suite",
+        {"figures/conftest.py": REPORTING_CONFTEST, "figures/test_f.py": FILE_TESTS},
+    )
+    done = run_pytest(suite, *(["-n", workers, "--dist", "loadfile"] if workers else []))
+    assert "4 passed" in done.stdout
+    expected = "4 figures from gw" if workers else "4 figures from alone"
+    assert done.stdout.count(" figures from ") == 1, done.stdout
+    assert expected in done.stdout, done.stdout
+    assert re.search(r"^=+ figures =+$", done.stdout, re.MULTILINE), done.stdout

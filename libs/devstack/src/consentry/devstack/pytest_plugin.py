@@ -78,6 +78,43 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return SetupUnitScheduling(config, log)
 
 
+# Sections for the end of the run's terminal summary (`report_section`).
+_SECTIONS = pytest.StashKey[list[tuple[str, str]]]()
+_WORKER_SECTIONS = "consentry_summary_sections"  # their key in an xdist worker's output
+
+
+def report_section(config: pytest.Config, title: str, text: str) -> None:
+    """Add a section to the end of the run's terminal summary (the fault suite's figures).
+    Call it by `pytest_sessionfinish` at the latest. In an xdist worker, whose own terminal
+    nobody sees, the section travels to the controller, which prints it."""
+    config.stash.setdefault(_SECTIONS, []).append((title, text))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In an xdist worker: hand the reported sections to the controller (after the other
+    `pytest_sessionfinish` hooks, which may report some; xdist sends `workeroutput` once
+    they have all run)."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        sections: list[tuple[str, str]] = session.config.stash.get(_SECTIONS, [])
+        output[_WORKER_SECTIONS] = list(sections)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """In the xdist controller: keep the sections a finished worker reported."""
+    sections = getattr(node, "workeroutput", {}).get(_WORKER_SECTIONS, [])
+    node.config.stash.setdefault(_SECTIONS, []).extend(tuple(item) for item in sections)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the reported sections, a worker's as well as this process's."""
+    for title, text in terminalreporter.config.stash.get(_SECTIONS, []):
+        terminalreporter.section(title)
+        terminalreporter.write(text)
+
+
 def setup_unit(root: Path, nodeid: str) -> str:
     """What one worker must run as a whole for `nodeid`: the directory (relative to `root`)
     of the nearest conftest.py with "package" fixtures, else the test's file."""
