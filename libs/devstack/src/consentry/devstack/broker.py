@@ -90,7 +90,7 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
 #   already, its own batches linger 20 ms, not 200 (`notifier_batch_within`, meant for a
 #   broker that answers at once). Measured (bench.rights_erasure --skip-bulk, 2026-12-01):
 #   published -> the notifier's transaction p50 282 -> 79 ms, 202 -> last webhook p50 594 ->
-#   311 ms; the broker and the notifier up to ~5 % of a core more.
+#   311 ms (full runs: 287 -> 76-81 ms); the broker and the notifier up to ~5 % of a core more.
 TANSU_CLIENT_ENV = {
     "CONSENTRY_KAFKA_SESSION_TIMEOUT_MS": "3000",
     "CONSENTRY_KAFKA_FETCH_MAX_WAIT_MS": "200",
